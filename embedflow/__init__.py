@@ -1,0 +1,47 @@
+"""embedflow: turn images, text and anything an operator reads into embedding vectors.
+
+>>> import embedflow as ef
+>>> ef.dc(["a", "bb"]).map(len).to_list()
+[1, 2]
+"""
+
+from __future__ import annotations
+
+from .collection import DataCollection, dc, glob, read_csv, read_jsonl, read_parquet, read_text
+from .errors import (
+    ColumnError,
+    EmbedflowError,
+    ItemError,
+    OperatorLoadError,
+    ParameterError,
+    PlanError,
+    UnknownOperatorError,
+)
+from .models import resolve_model
+from .operator import Operator
+from .registry import get_operator, list_operators, register
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ColumnError",
+    "DataCollection",
+    "EmbedflowError",
+    "ItemError",
+    "Operator",
+    "OperatorLoadError",
+    "ParameterError",
+    "PlanError",
+    "UnknownOperatorError",
+    "__version__",
+    "dc",
+    "get_operator",
+    "glob",
+    "list_operators",
+    "read_csv",
+    "read_jsonl",
+    "read_parquet",
+    "read_text",
+    "register",
+    "resolve_model",
+]

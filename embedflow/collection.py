@@ -1,0 +1,595 @@
+"""The DataCollection: a lazy, immutable chain of steps over rows (the public DSL).
+
+Each call returns a new collection with one more plan node; nothing runs until a sink
+(iteration, ``to_list``, ``to_numpy``, ``to_parquet`` ...) pulls rows. Unknown operator names
+and bad parameters fail when the chain is built.
+
+>>> import embedflow as ef
+>>> squares = ef.dc(range(4)).map(lambda x: x * x)
+>>> squares.to_list()
+[0, 1, 4, 9]
+>>> ef.dc["text"](["a", "bb"]).map["text", "n"](len).to_list()
+[{'text': 'a', 'n': 1}, {'text': 'bb', 'n': 2}]
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from . import registry
+from .binding import bind_operator
+from .engines import ENGINES, get_engine
+from .errors import ColumnError, ParameterError, PlanError, UnknownOperatorError, did_you_mean
+from .failures import FailureLog
+from .io import sources
+from .operator import FunctionOperator, Operator
+from .plan import Apply, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step, check_device
+
+Selectors = tuple[tuple[str, ...] | None, tuple[str, ...] | None]
+
+
+# --------------------------------------------------------------------------- selectors
+def _names(part: Any, where: str) -> tuple[str, ...]:
+    names = (part,) if isinstance(part, str) else tuple(part) if isinstance(part, (tuple, list)) else None
+    if not names or not all(isinstance(n, str) and n for n in names):
+        msg = f"{where}: selector {part!r} must be a column name or a tuple of column names"
+        raise ColumnError(msg)
+    return names
+
+
+def io_selectors(key: Any, where: str) -> Selectors:
+    """``["in", "out"]``, ``["col"]`` or ``[("a", "b"), "c"]`` -> (inputs, outputs).
+
+    >>> io_selectors(("path", "img"), "image_decode")
+    (('path',), ('img',))
+    """
+    parts = key if isinstance(key, tuple) else (key,)
+    if len(parts) == 1:
+        return _names(parts[0], where), None
+    if len(parts) == 2:
+        return _names(parts[0], where), _names(parts[1], where)
+    msg = (
+        f"{where}[{', '.join(map(repr, parts))}]: give at most an input and an output selector; "
+        "group several columns in tuples, e.g. op[('a', 'b'), 'c']"
+    )
+    raise ColumnError(msg)
+
+
+def column_list(key: Any, where: str) -> tuple[str, ...]:
+    """``["a", "b"]`` -> ("a", "b") for steps that only take column names (select, sources)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    out: list[str] = []
+    for part in parts:
+        out.extend(_names(part, where))
+    return tuple(out)
+
+
+class _Selectable:
+    """Makes a method usable as ``dc.m(...)`` and ``dc.m["a", "b"](...)``."""
+
+    def __init__(self, method: Callable[..., Any]):
+        self.method = method
+        functools.update_wrapper(self, method)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return _BoundSelectable(obj, self.method)
+
+
+class _BoundSelectable:
+    __slots__ = ("_owner", "_method", "_key", "__doc__")
+
+    def __init__(self, owner: Any, method: Callable[..., Any], key: Any = None):
+        self._owner, self._method, self._key = owner, method, key
+        self.__doc__ = method.__doc__
+
+    def __getitem__(self, key: Any) -> _BoundSelectable:
+        return _BoundSelectable(self._owner, self._method, key)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(self._owner, *args, _key=self._key, **kwargs)
+
+    def __repr__(self) -> str:
+        sel = f"[{self._key!r}]" if self._key is not None else ""
+        return f"<step {self._method.__name__}{sel} of {type(self._owner).__name__}>"
+
+
+# --------------------------------------------------------------------------- operator refs
+class OperatorRef:
+    """What ``dc.<name>`` returns: call it to append the operator, index it to select columns,
+    or take an attribute to go down a namespace (``dc.image_embedding.timm``)."""
+
+    __slots__ = ("_dc", "_name", "_key")
+
+    def __init__(self, dc: DataCollection, name: str, key: Any = None):
+        self._dc, self._name, self._key = dc, name, key
+
+    def __getattr__(self, part: str) -> OperatorRef:
+        if part.startswith("_"):
+            raise AttributeError(part)
+        full = f"{self._name}.{part}"
+        if registry.is_operator(full) or registry.is_namespace(full):
+            return OperatorRef(self._dc, full)
+        members = registry.children(self._name)
+        hint = did_you_mean(part, members)
+        msg = (
+            f"unknown operator {full!r}.{hint} The namespace {self._name!r} has: "
+            f"{', '.join(members) or 'nothing'}. See embedflow.list_operators('{self._name}.*')."
+        )
+        raise UnknownOperatorError(msg)
+
+    def __getitem__(self, key: Any) -> OperatorRef:
+        return OperatorRef(self._dc, self._name, key)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> DataCollection:
+        if not registry.is_operator(self._name):
+            members = ", ".join(registry.children(self._name))
+            msg = f"{self._name!r} is a namespace, not an operator: pick one of its operators ({members}), e.g. dc.{self._name}.{registry.children(self._name)[0]}(...)"
+            raise UnknownOperatorError(msg)
+        if args:
+            msg = f"{self._name}(): operator parameters are keyword arguments, got positional {args!r}"
+            raise ParameterError(msg)
+        return self._dc._apply(self._name, kwargs, self._key)
+
+    def __dir__(self) -> list[str]:
+        return registry.children(self._name)
+
+    def __repr__(self) -> str:
+        if registry.is_operator(self._name):
+            return f"<operator {self._name!r} from {registry.operator_source(self._name)}>"
+        return f"<operator namespace {self._name!r}: {', '.join(registry.children(self._name))}>"
+
+
+# --------------------------------------------------------------------------- the collection
+class DataCollection:
+    """A lazy, immutable chain of steps; create one with ``ef.dc``, ``ef.glob`` or a reader.
+
+    >>> import embedflow as ef
+    >>> ef.dc([3, 1, 2]).map(str).to_list()
+    ['3', '1', '2']
+    """
+
+    __slots__ = ("_plan", "_named", "_columns", "_on_error")
+
+    def __init__(self, plan: Plan, named: bool = False, columns: tuple[str, ...] | None = None, on_error: str = "raise"):
+        self._plan = plan
+        self._named = named
+        self._columns = columns
+        self._on_error = on_error
+
+    @classmethod
+    def from_source(cls, source: Source) -> DataCollection:
+        """A collection that reads ``source``."""
+        return cls(Plan(source), source.named, source.columns)
+
+    # ---- internals -------------------------------------------------------------------
+    def _with(self, step: Step | None = None, *, named: bool | None = None, columns: Any = "same", plan: Plan | None = None) -> DataCollection:
+        new_plan = plan or self._plan
+        if step is not None:
+            new_plan = new_plan.then(step)
+        return DataCollection(
+            new_plan,
+            self._named if named is None else named,
+            self._columns if columns == "same" else columns,
+            self._on_error,
+        )
+
+    @property
+    def plan(self) -> Plan:
+        """The logical plan (frozen dataclasses) this collection runs."""
+        return self._plan
+
+    @property
+    def named(self) -> bool:
+        """True when rows are dicts of named columns."""
+        return self._named
+
+    @property
+    def columns(self) -> tuple[str, ...] | None:
+        """The column names, when known before running (named mode); else ``None``."""
+        return self._columns
+
+    def _check_inputs(self, where: str, inputs: tuple[str, ...] | None) -> None:
+        if inputs is None:
+            return
+        if not self._named:
+            msg = (
+                f"{where}[{', '.join(map(repr, inputs))}]: column selectors need named rows; "
+                "name the source's column first, e.g. ef.dc['text'](items) or ef.glob['path'](pattern)"
+            )
+            raise ColumnError(msg)
+        if self._columns is not None:
+            for col in inputs:
+                if col not in self._columns:
+                    msg = f"{where}: no column {col!r}.{did_you_mean(col, self._columns)} Columns so far: {list(self._columns)}"
+                    raise ColumnError(msg)
+
+    def _columns_after(self, inputs: tuple[str, ...] | None, outputs: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if self._columns is None or inputs is None:
+            return None if inputs is None and self._named else self._columns
+        new = list(self._columns)
+        new.extend(c for c in (outputs or ()) if c not in new)
+        return tuple(new)
+
+    def _apply(self, name: str, kwargs: dict[str, Any], key: Any, obj: Any = None) -> DataCollection:
+        inputs, outputs = io_selectors(key, name) if key is not None else (None, None)
+        if self._named and inputs is None and obj is None:
+            cols = f" (columns: {', '.join(self._columns)})" if self._columns else ""
+            msg = (
+                f"{name}: rows are named{cols}; say which column it reads and writes, "
+                f"e.g. dc.{name}['in_col', 'out_col'](...)"
+            )
+            raise ColumnError(msg)
+        self._check_inputs(name, inputs)
+        step = bind_operator(name, kwargs, inputs, outputs, on_error=self._on_error, obj=obj)
+        return self._with(step, columns=self._columns_after(inputs, outputs))
+
+    # ---- operator dispatch -----------------------------------------------------------
+    def __getattr__(self, name: str) -> OperatorRef:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if registry.is_operator(name) or registry.is_namespace(name):
+            return OperatorRef(self, name)
+        candidates = registry.list_operators() + [n for n in dir(type(self)) if not n.startswith("_")]
+        msg = (
+            f"unknown operator {name!r}.{did_you_mean(name, candidates)} Installed namespaces: "
+            f"{', '.join(registry.namespaces()) or 'none'}; see embedflow.list_operators() for every "
+            "operator (another package's operators appear once it is installed)."
+        )
+        raise UnknownOperatorError(msg)
+
+    def __dir__(self) -> list[str]:
+        own = [n for n in dir(type(self)) if not n.startswith("_")]
+        return sorted(set(own) | set(registry.children("")))
+
+    # ---- generic steps -----------------------------------------------------------------
+    @_Selectable
+    def map(self, fn: Callable[..., Any] | Operator, *, _key: Any = None, **options: Any) -> DataCollection:
+        """Apply ``fn`` to each row (or to the selected columns) and keep what it returns.
+
+        ``fn`` may be a function, an :class:`~embedflow.Operator` instance, or a class with
+        ``__call__``. Execution options ``workers=`` (threads), ``batch_size=`` and ``device=``
+        (for batchable operators) are accepted.
+
+        >>> import embedflow as ef
+        >>> ef.dc["text"](["ab"]).map["text", "n"](len).to_list()
+        [{'text': 'ab', 'n': 2}]
+        """
+        if not callable(fn):
+            msg = f"map() needs a function or an Operator, got {fn!r}"
+            raise TypeError(msg)
+        unknown = set(options) - {"batch_size", "device", "workers"}
+        if unknown:
+            msg = f"map(): unexpected keyword {sorted(unknown)[0]!r}; map takes fn and the options batch_size, device, workers (bind other arguments with functools.partial)"
+            raise ParameterError(msg)
+        obj = fn if isinstance(fn, Operator) else FunctionOperator(fn)
+        return self._apply("map", options, _key, obj=obj)
+
+    @_Selectable
+    def filter(self, fn: Callable[..., Any], *, _key: Any = None) -> DataCollection:
+        """Keep the rows for which ``fn(row)`` (or ``fn(*selected columns)``) is true.
+
+        >>> import embedflow as ef
+        >>> ef.dc(range(6)).filter(lambda x: x % 2).to_list()
+        [1, 3, 5]
+        """
+        inputs = column_list(_key, "filter") if _key is not None else None
+        self._check_inputs("filter", inputs)
+        return self._with(Filter(fn=fn, inputs=inputs, on_error=self._on_error))
+
+    @_Selectable
+    def flat_map(self, fn: Callable[..., Iterable[Any]], *, _key: Any = None) -> DataCollection:
+        """Replace each row with every item of the iterable ``fn`` returns for it.
+
+        >>> import embedflow as ef
+        >>> ef.dc(["a b", "c"]).flat_map(str.split).to_list()
+        ['a', 'b', 'c']
+        """
+        inputs, outputs = io_selectors(_key, "flat_map") if _key is not None else (None, None)
+        self._check_inputs("flat_map", inputs)
+        step = FlatMap(fn=fn, inputs=inputs, outputs=outputs, on_error=self._on_error)
+        return self._with(step, columns=self._columns_after(inputs, outputs))
+
+    def batch(self, n: int) -> DataCollection:
+        """Group consecutive rows into lists of ``n`` rows (the last may be shorter).
+
+        >>> import embedflow as ef
+        >>> ef.dc(range(5)).batch(2).to_list()
+        [[0, 1], [2, 3], [4]]
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            msg = f"batch(n={n!r}): n must be a positive integer"
+            raise PlanError(msg)
+        return self._with(Batch(size=n, on_error=self._on_error), named=False, columns=None)
+
+    def head(self, n: int) -> DataCollection:
+        """Only the first ``n`` rows; upstream steps stop reading once they are out.
+
+        >>> import embedflow as ef
+        >>> ef.dc(range(10 ** 9)).head(3).to_list()
+        [0, 1, 2]
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            msg = f"head(n={n!r}): n must be a non-negative integer"
+            raise PlanError(msg)
+        return self._with(Head(n=n, on_error=self._on_error))
+
+    @_Selectable
+    def select(self, *, _key: Any = None) -> DataCollection:
+        """Keep only the named columns, in that order: ``dc.select["path", "vec"]()``.
+
+        >>> import embedflow as ef
+        >>> ef.dc["a"]([1]).map["a", "b"](str).select["b"]().to_list()
+        [{'b': '1'}]
+        """
+        cols = self._project_columns("select", _key)
+        return self._with(Project(columns=cols, keep=True, on_error=self._on_error), columns=cols)
+
+    @_Selectable
+    def exclude(self, *, _key: Any = None) -> DataCollection:
+        """Drop the named columns: ``dc.exclude["img"]()``.
+
+        >>> import embedflow as ef
+        >>> ef.dc["a"]([1]).map["a", "b"](str).exclude["a"]().to_list()
+        [{'b': '1'}]
+        """
+        cols = self._project_columns("exclude", _key)
+        left = tuple(c for c in self._columns if c not in cols) if self._columns is not None else None
+        return self._with(Project(columns=cols, keep=False, on_error=self._on_error), columns=left)
+
+    def _project_columns(self, where: str, key: Any) -> tuple[str, ...]:
+        if key is None:
+            msg = f"{where}() needs column names: dc.{where}['a', 'b']()"
+            raise ColumnError(msg)
+        cols = column_list(key, where)
+        self._check_inputs(where, cols)
+        return cols
+
+    def safe(self, errors: Any = None) -> DataCollection:
+        """From here on, an item that fails is skipped and recorded instead of raising.
+
+        ``errors`` receives one record per failure (row, step, error_type, message, item): a
+        list to append to, a callable, or a file path for JSON lines. Each failure is also
+        logged, and the run ends with a warning that counts them.
+
+        >>> import embedflow as ef
+        >>> import warnings; warnings.simplefilter("ignore")
+        >>> ef.dc(["1", "x", "3"]).safe().map(int).to_list()
+        [1, 3]
+        """
+        FailureLog(errors)  # validate the target now
+        new = self._with(plan=replace(self._plan, errors=errors) if errors is not None else self._plan)
+        new._on_error = "skip"
+        return new
+
+    def set_device(self, device: str) -> DataCollection:
+        """The device for model steps that do not name one: auto, cpu, cuda, cuda:N or mps.
+
+        >>> import embedflow as ef
+        >>> ef.dc([1]).set_device("cpu").plan.device
+        'cpu'
+        """
+        check_device(device)
+        return self._with(plan=replace(self._plan, device=device))
+
+    def set_engine(self, engine: str) -> DataCollection:
+        """Choose the engine that runs the plan: ``local`` (default) or ``ray``.
+
+        >>> import embedflow as ef
+        >>> ef.dc([1]).set_engine("local").plan.engine
+        'local'
+        """
+        if engine not in ENGINES:
+            msg = f"set_engine({engine!r}): not an engine: use one of {', '.join(map(repr, ENGINES))}"
+            raise PlanError(msg)
+        get_engine(engine)  # fail now if it cannot run here
+        return self._with(plan=replace(self._plan, engine=engine))
+
+    # ---- looking at the plan ---------------------------------------------------------------
+    def explain(self) -> str:
+        """The plan as text; nothing runs.
+
+        >>> import embedflow as ef
+        >>> print(ef.dc([1]).map(abs).explain().splitlines()[-1])
+          1 map    abs
+        """
+        return self._plan.explain()
+
+    def __repr__(self) -> str:
+        return f"<DataCollection: {len(self._plan.steps)} step(s), lazy>\n{self.explain()}"
+
+    def __bool__(self) -> bool:
+        msg = "the truth value of a DataCollection is ambiguous (it is lazy); use .to_list() or .head(1).to_list()"
+        raise TypeError(msg)
+
+    # ---- sinks -------------------------------------------------------------------------
+    def _chunks(self) -> Iterator[list[Any]]:
+        """Run the plan and yield chunks of output rows; the run's failures are recorded."""
+        engine = get_engine(self._plan.engine)
+        failures = FailureLog(self._plan.errors)
+        run = engine.execute(self._plan, failures)
+        try:
+            yield from run
+        finally:
+            run.close()
+            failures.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        """Run the plan and yield rows one by one (dicts in named mode)."""
+        for rows in self._chunks():
+            yield from rows
+
+    def to_list(self) -> list[Any]:
+        """Run the plan and return every row in a list.
+
+        >>> import embedflow as ef
+        >>> ef.dc("abc").to_list()
+        ['a', 'b', 'c']
+        """
+        out: list[Any] = []
+        for rows in self._chunks():
+            out.extend(rows)
+        return out
+
+    def to_numpy(self, column: str | None = None) -> Any:
+        """Run the plan and stack the rows (or one column) into a numpy array.
+
+        In named mode ``column`` picks the column; it may be left out when exactly one column
+        holds arrays.
+
+        >>> import embedflow as ef, numpy as np
+        >>> ef.dc["v"]([np.ones(3)]).to_numpy().shape
+        (1, 3)
+        """
+        from .io.sinks import to_numpy
+
+        return to_numpy(self._chunks(), self._named, self._columns, column)
+
+    def to_arrow(self) -> Any:
+        """Run the plan and return a ``pyarrow.Table`` (vectors as fixed-size lists).
+
+        Unnamed rows become one column called ``value``.
+
+        >>> import embedflow as ef
+        >>> ef.dc["n"]([1, 2]).to_arrow().num_rows
+        2
+        """
+        import pyarrow as pa
+
+        from .io.arrow import rows_to_table
+
+        tables = [rows_to_table(rows, self._named) for rows in self._chunks()]
+        if not tables:
+            return pa.table({})
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def to_parquet(self, path: str | os.PathLike[str]) -> Any:
+        """Run the plan and write the rows to a Parquet file, streaming in row groups.
+
+        The file appears only when complete (written under a temporary name, then renamed).
+        Returns the path.
+
+        >>> import embedflow as ef, tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "out.parquet")
+        >>> ef.dc["n"]([1, 2]).to_parquet(p).name
+        'out.parquet'
+        """
+        from .io.sinks import to_parquet
+
+        return to_parquet(self._chunks(), self._named, path)
+
+    def to_pandas(self) -> Any:
+        """Run the plan and return a ``pandas.DataFrame`` (needs pandas installed).
+
+        >>> import embedflow as ef
+        >>> ef.dc["n"]([1, 2]).to_pandas().shape  # doctest: +SKIP
+        (2, 1)
+        """
+        try:
+            import pandas  # noqa: F401
+        except ImportError as exc:
+            msg = "to_pandas() needs pandas, which is not installed: pip install pandas (or use to_arrow())"
+            raise ImportError(msg) from exc
+        return self.to_arrow().to_pandas()
+
+
+# --------------------------------------------------------------------------- sources
+class _SourceFactory:
+    """``ef.glob("*.jpg")`` and ``ef.glob["path"]("*.jpg")``: a source with optional column names."""
+
+    def __init__(self, make: Callable[..., Source], doc: str, name: str, always_named: bool = False):
+        self._make, self.__doc__, self.__name__ = make, doc, name
+        self._always_named = always_named
+        self._columns: tuple[str, ...] | None = None
+
+    def __getitem__(self, key: Any) -> _SourceFactory:
+        bound = _SourceFactory(self._make, self.__doc__ or "", self.__name__, self._always_named)
+        bound._columns = column_list(key, self.__name__)
+        return bound
+
+    def __call__(self, *args: Any, **kwargs: Any) -> DataCollection:
+        source = self._make(*args, columns=self._columns, **kwargs)
+        return DataCollection.from_source(source)
+
+    def __repr__(self) -> str:
+        cols = f"[{', '.join(map(repr, self._columns))}]" if self._columns else ""
+        return f"<embedflow source {self.__name__}{cols}>"
+
+
+def _dc(iterable: Iterable[Any], columns: tuple[str, ...] | None = None) -> Source:
+    if isinstance(iterable, (str, bytes)) is False and not hasattr(iterable, "__iter__"):
+        msg = f"dc() needs an iterable, got {type(iterable).__name__}"
+        raise TypeError(msg)
+    return sources.from_iterable(iterable, columns)
+
+
+def _glob(*patterns: str, columns: tuple[str, ...] | None = None) -> Source:
+    return sources.from_glob(patterns, columns)
+
+
+def _file_source(fn: Callable[..., Source]) -> Callable[..., Source]:
+    def make(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
+        return fn(path, columns)
+
+    return make
+
+
+dc = _SourceFactory(_dc, """A collection over any iterable: one row per item.
+
+``ef.dc["text"](items)`` names the column (rows become dicts); several names unpack tuples.
+
+>>> import embedflow as ef
+>>> ef.dc(["a", "b"]).to_list()
+['a', 'b']
+>>> ef.dc["x", "y"]([(1, 2)]).to_list()
+[{'x': 1, 'y': 2}]
+""", "dc")
+
+glob = _SourceFactory(_glob, """File paths matching the patterns, sorted; ``**`` is recursive.
+
+>>> import embedflow as ef, tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp()); (d / "a.txt").write_text("x")
+1
+>>> [pathlib.Path(p).name for p in ef.glob(str(d / "*.txt"))]
+['a.txt']
+""", "glob")
+
+read_text = _SourceFactory(_file_source(sources.from_text), """One row per line of a UTF-8 text file.
+
+``ef.read_text["text"](path)`` names the column.
+
+>>> import embedflow as ef, tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "t.txt"; _ = p.write_text("a\\nb\\n")
+>>> ef.read_text(p).to_list()
+['a', 'b']
+""", "read_text")
+
+read_jsonl = _SourceFactory(_file_source(sources.from_jsonl), """Rows of a JSON-lines file (always named).
+
+>>> import embedflow as ef, tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "t.jsonl"; _ = p.write_text('{"a": 1}\\n')
+>>> ef.read_jsonl(p).to_list()
+[{'a': 1}]
+""", "read_jsonl", always_named=True)
+
+read_csv = _SourceFactory(_file_source(sources.from_csv), """Rows of a CSV file with a header (always named).
+
+>>> import embedflow as ef, tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"; _ = p.write_text("a,b\\n1,2\\n")
+>>> ef.read_csv(p).to_list()
+[{'a': '1', 'b': '2'}]
+""", "read_csv", always_named=True)
+
+read_parquet = _SourceFactory(_file_source(sources.from_parquet), """Rows of a Parquet file (always named).
+
+>>> import embedflow as ef, tempfile, os
+>>> p = os.path.join(tempfile.mkdtemp(), "t.parquet")
+>>> _ = ef.dc["n"]([1, 2]).to_parquet(p)
+>>> ef.read_parquet(p).to_list()
+[{'n': 1}, {'n': 2}]
+""", "read_parquet", always_named=True)

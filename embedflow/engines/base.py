@@ -1,0 +1,30 @@
+"""The engine interface: a plan in, an iterator of row chunks out.
+
+>>> from embedflow.engines.base import Engine
+>>> Engine.execute.__doc__.split(".")[0]
+'Run plan and yield lists of output rows, in input order'
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+from ..failures import FailureLog
+from ..plan import Plan
+
+
+class Engine(ABC):
+    """Base of the engines; a new engine is one module with one subclass."""
+
+    name = "base"
+
+    @abstractmethod
+    def execute(self, plan: Plan, failures: FailureLog) -> Iterator[list[Any]]:
+        """Run plan and yield lists of output rows, in input order.
+
+        Items that fail in a step whose ``on_error`` is ``"skip"`` are recorded in ``failures``
+        and left out; elsewhere a failure raises :class:`~embedflow.errors.ItemError`.
+        Closing the returned iterator stops the run and releases its resources.
+        """

@@ -1,0 +1,102 @@
+"""Exceptions raised by embedflow.
+
+Every message leads with the offending value, lists what is valid and says the fix (DESIGN.md §5).
+Errors about names are also ``AttributeError`` / ``TypeError`` so ``hasattr`` and ordinary
+Python handling keep working.
+
+>>> from embedflow.errors import EmbedflowError, UnknownOperatorError
+>>> issubclass(UnknownOperatorError, (EmbedflowError, AttributeError))
+True
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class EmbedflowError(Exception):
+    """Base class of every error embedflow raises on purpose."""
+
+
+class UnknownOperatorError(EmbedflowError, AttributeError):
+    """An operator or namespace name that nothing registered."""
+
+
+class OperatorLoadError(EmbedflowError, ImportError):
+    """An operator's entry point is declared but could not be imported."""
+
+
+class ParameterError(EmbedflowError, TypeError):
+    """An operator or step was called with parameters its signature does not accept."""
+
+
+class ColumnError(EmbedflowError, KeyError):
+    """A selector names a column the rows do not have, or named mode is used wrongly."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ItemError(EmbedflowError):
+    """One input item failed inside a step; the original exception is the ``__cause__``.
+
+    Attributes say where: ``step`` (the operator or step name), ``row`` (the source row
+    number, counted from 0) and ``item`` (a short repr of the input).
+    """
+
+    def __init__(self, step: str, row: int | None, item: object, cause: BaseException):
+        self.step = step
+        self.row = row
+        self.item = short_repr(item)
+        self.cause = cause
+        where = f"row {row}" if row is not None else "a batch"
+        msg = (
+            f"{step} failed on {where} (input {self.item}): {type(cause).__name__}: {cause}. "
+            "Fix the input, or call .safe() before this step to skip and record failing items."
+        )
+        super().__init__(msg)
+
+    def __reduce__(self):  # keep picklable across processes
+        return (type(self), (self.step, self.row, self.item, self.cause))
+
+
+class PlanError(EmbedflowError, ValueError):
+    """The chain cannot run as built (an option value, a sink on the wrong mode, ...)."""
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` candidates that look like ``name`` (for "did you mean").
+
+    >>> close_matches("normalise", ["normalize", "image_decode"])
+    ['normalize']
+    """
+    return difflib.get_close_matches(name, sorted(set(candidates)), n=n, cutoff=0.6)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """A sentence suggesting close matches, or an empty string.
+
+    >>> did_you_mean("nromalize", ["normalize"])
+    " Did you mean 'normalize'?"
+    """
+    matches = close_matches(name, candidates)
+    if not matches:
+        return ""
+    return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """A one-line repr of an input, cut to ``limit`` characters; arrays show shape and dtype.
+
+    >>> short_repr("x" * 200)[:10]
+    "'xxxxxxxxx"
+    """
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"<{type(value).__name__} shape={tuple(shape)} dtype={dtype}>"
+    if isinstance(value, (bytes, bytearray)) and len(value) > limit:
+        return f"<{len(value)} bytes>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,1 @@
+"""Sources (where rows come from) and sinks (where they go)."""

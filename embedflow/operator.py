@@ -1,0 +1,110 @@
+"""The operator contract (DESIGN.md §3) and the wrapper that makes a plain function one.
+
+An operator turns one input item into one result. The engine owns threads, devices, batching
+and ordering; an operator only says how to prepare an item, how to run a batch and how to split
+the batch's output back into one result per item.
+
+>>> import embedflow as ef
+>>> class Shout(ef.Operator):
+...     def preprocess(self, text):
+...         return text.upper()
+>>> ef.dc(["hi"]).map(Shout()).to_list()
+['HI']
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+
+class Operator:
+    """Base class of class-based operators.
+
+    Lifecycle, driven by the engine:
+
+    * ``__init__(**params)`` — cheap: validate and store parameters (it runs when the chain is
+      built, so a bad value fails before any model loads).
+    * ``setup(device)`` — load weights once per worker, on ``device`` (a string such as
+      ``"cpu"`` or ``"cuda:0"``). Called before the first item.
+    * ``preprocess(*inputs)`` — CPU work for one item (decode, tokenize); must be thread-safe.
+      Receives one positional argument per input column.
+    * ``sort_key(prepared) -> int`` — optional: the size of a prepared item (token count) so
+      batches of similar size pad little.
+    * ``collate(prepared_items)`` — turn a list of prepared items into one batch (default:
+      ``torch.stack`` for tensors, else the list itself). CPU side.
+    * ``forward(batch)`` — the hot path, on the device; the engine has already moved the batch
+      there and runs it under ``torch.inference_mode``.
+    * ``postprocess(output) -> list`` — one result per input item, on the CPU (the engine moves
+      the forward output back to the CPU first).
+
+    Operators with ``batchable = False`` only need ``preprocess``: its return value is the result.
+    """
+
+    batchable: ClassVar[bool] = False
+    #: default batch size for batchable operators; the ``batch_size=`` option overrides it
+    default_batch_size: ClassVar[int] = 32
+
+    def setup(self, device: str) -> None:
+        """Load weights or other state once per worker; default does nothing."""
+
+    def preprocess(self, *inputs: Any) -> Any:
+        """Prepare one item on the CPU; default returns the single input unchanged."""
+        return inputs[0] if len(inputs) == 1 else inputs
+
+    def collate(self, items: list[Any]) -> Any:
+        """Join prepared items into one batch for :meth:`forward`."""
+        if items and type(items[0]).__module__ == "torch" and type(items[0]).__name__ == "Tensor":
+            import torch
+
+            return torch.stack(items)
+        return items
+
+    def forward(self, batch: Any) -> Any:
+        """Run one batch; default returns it unchanged."""
+        return batch
+
+    def postprocess(self, output: Any) -> list[Any]:
+        """Split a forward output into one result per item."""
+        return list(output)
+
+    def __repr__(self) -> str:
+        params = getattr(self, "_embedflow_params", None)
+        inner = ", ".join(f"{k}={v!r}" for k, v in (params or {}).items())
+        return f"{type(self).__name__}({inner})"
+
+
+class FunctionOperator(Operator):
+    """Adapts a plain function: inputs are its positional arguments, params its keywords.
+
+    >>> op = FunctionOperator(lambda text, suffix="!": text + suffix, {"suffix": "?"})
+    >>> op.preprocess("hi")
+    'hi?'
+    """
+
+    def __init__(self, fn: Callable[..., Any], params: dict[str, Any] | None = None):
+        self.fn = fn
+        self.params = dict(params or {})
+
+    def preprocess(self, *inputs: Any) -> Any:
+        return self.fn(*inputs, **self.params)
+
+    def __repr__(self) -> str:
+        return f"FunctionOperator({callable_name(self.fn)})"
+
+
+def callable_name(fn: Any) -> str:
+    """``module:qualname`` of a function or class, for messages and ``explain()``.
+
+    >>> callable_name(len)
+    'builtins:len'
+    """
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
+    return f"{module}:{name}"
+
+
+def is_operator_class(obj: Any) -> bool:
+    """True for a subclass of :class:`Operator` (not an instance)."""
+    return inspect.isclass(obj) and issubclass(obj, Operator)

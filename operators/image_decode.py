@@ -1,0 +1,146 @@
+"""``image_decode``: any image input -> an RGB ``uint8`` array of shape (height, width, 3).
+
+Accepts a path (``str`` or ``pathlib.Path``), encoded ``bytes``, a PIL image or a numpy array.
+EXIF orientation is applied; grayscale, palette, RGBA/LA (composited on white), CMYK, 16-bit
+and float images are converted. A missing, truncated or non-image file raises an error that
+names the file and the cause.
+
+>>> import embedflow as ef, numpy as np
+>>> img = ef.dc([np.zeros((4, 5), np.uint8)]).image_decode().to_list()[0]
+>>> img.shape, img.dtype
+((4, 5, 3), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from embedflow import Operator
+
+WHITE = (255, 255, 255)
+
+
+class ImageDecodeError(ValueError):
+    """An input that cannot be turned into an image; the message names it and the cause."""
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return repr(str(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__}>"
+
+
+def open_image(source: Any) -> Image.Image:
+    """A fully loaded PIL image from a path, bytes or PIL image (numpy arrays: see to_rgb)."""
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            img = Image.open(Path(source))
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            img = Image.open(io.BytesIO(bytes(source)))
+        else:
+            msg = (
+                f"image_decode cannot read a {type(source).__name__}: give a file path, bytes, "
+                "a PIL image or a numpy array"
+            )
+            raise ImageDecodeError(msg)
+        img.load()  # decode now so truncation is found here, not later
+        return img
+    except ImageDecodeError:
+        raise
+    except FileNotFoundError as exc:
+        msg = f"image {_describe(source)} does not exist (check the path)"
+        raise ImageDecodeError(msg) from exc
+    except UnidentifiedImageError as exc:
+        msg = f"image {_describe(source)} is not an image file Pillow can read"
+        raise ImageDecodeError(msg) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        msg = f"image {_describe(source)} could not be decoded: {exc} (truncated or corrupt file?)"
+        raise ImageDecodeError(msg) from exc
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, WHITE + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _high_depth_to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        top = 1.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 255.0
+        return (np.clip(np.nan_to_num(arr), 0, top) * (255.0 / top) + 0.5).astype(np.uint8)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    peak = 65535 if arr.dtype.itemsize >= 2 and int(arr.max(initial=0)) > 255 else 255
+    return (np.clip(arr.astype(np.float64), 0, peak) * (255.0 / peak) + 0.5).astype(np.uint8)
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """Orientation applied, colour converted: the RGB uint8 array of a PIL image."""
+    img = ImageOps.exif_transpose(img) or img
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        return np.asarray(_composite_on_white(img), dtype=np.uint8).copy()
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grayscale
+        return array_to_rgb(np.asarray(img))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """An HxW, HxWx1, HxWx3 or HxWx4 array of any numeric dtype as RGB uint8."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        gray = _high_depth_to_uint8(arr)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr8 = _high_depth_to_uint8(arr)
+        if arr.shape[2] == 4:
+            return np.asarray(_composite_on_white(Image.fromarray(arr8, "RGBA")), dtype=np.uint8).copy()
+        return np.ascontiguousarray(arr8)
+    msg = f"image_decode: an array of shape {arr.shape} is not an image (expected HxW, HxWx3 or HxWx4)"
+    raise ImageDecodeError(msg)
+
+
+def decode_image(source: Any) -> np.ndarray:
+    """Any supported image input as an RGB uint8 array of shape (height, width, 3).
+
+    >>> decode_image(np.zeros((2, 2, 4), np.uint8)).shape
+    (2, 2, 3)
+    """
+    if isinstance(source, np.ndarray):
+        return array_to_rgb(source)
+    img = open_image(source)
+    try:
+        return pil_to_rgb(img)
+    except (OSError, ValueError) as exc:
+        msg = f"image {_describe(source)} could not be converted to RGB: {exc}"
+        raise ImageDecodeError(msg) from exc
+
+
+class ImageDecode(Operator):
+    """Decode an image (path, bytes, PIL image or array) to an RGB ``uint8`` H×W×3 array.
+
+    No parameters. Runs on the CPU, one item at a time, in the engine's thread pool.
+
+    >>> import embedflow as ef, numpy as np
+    >>> ef.dc([np.full((1, 1), 7, np.uint16)]).image_decode().to_list()[0].tolist()
+    [[[7, 7, 7]]]
+    """
+
+    def preprocess(self, source: Any) -> np.ndarray:
+        return decode_image(source)

@@ -1,0 +1,100 @@
+"""``image_embedding.timm``: the pooled pre-logits features of a timm image model.
+
+>>> import embedflow as ef, numpy as np
+>>> img = np.zeros((64, 64, 3), np.uint8)
+>>> vec = ef.dc([img]).image_embedding.timm(model_name="resnet18", pretrained=False).to_list()[0]
+>>> vec.shape, str(vec.dtype)
+((512,), 'float32')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from embedflow import Operator
+from embedflow.models import model_packages, resolve_model
+
+
+class TimmImageEmbedding(Operator):
+    """Embed images with a timm model: ``forward_head(forward_features(x), pre_logits=True)``.
+
+    Parameters:
+        model_name: a timm architecture (``resnet50``, ``efficientnet_lite0`` ...).
+        pretrained: load trained weights (default True): from an installed model package when
+            one serves ``model_name`` (offline), else timm's own cache or the hub.
+        checkpoint_path: a local checkpoint (``.pth`` / ``.safetensors``) to load instead;
+            read with ``weights_only=True``.
+        **create_kwargs: passed to ``timm.create_model`` (e.g. ``drop_rate``, ``in_chans``).
+
+    Preprocessing is timm's own eval transform for the model (``resolve_data_config`` +
+    ``create_transform``), so results equal calling timm directly. Input: a path, bytes, PIL
+    image or an RGB array (as from ``image_decode``). Output: a float32 vector.
+    """
+
+    batchable = True
+    default_batch_size = 16
+
+    def __init__(self, model_name: str, pretrained: bool = True, checkpoint_path: str | None = None, **create_kwargs: Any):
+        import timm
+
+        if not isinstance(model_name, str) or not timm.is_model(model_name.split(".")[0]):
+            hint = timm.list_models(f"*{str(model_name).split('.')[0][:6]}*")[:5]
+            msg = (
+                f"image_embedding.timm: model_name={model_name!r} is not a timm model"
+                + (f"; similar: {', '.join(hint)}" if hint else "")
+                + ". See timm.list_models('pattern*')."
+            )
+            raise ValueError(msg)
+        self.model_name = model_name
+        self.pretrained = bool(pretrained)
+        self.checkpoint_path = checkpoint_path
+        self.create_kwargs = create_kwargs
+
+    def setup(self, device: str) -> None:
+        import timm
+        from timm.data import create_transform, resolve_data_config
+
+        checkpoint = self.checkpoint_path
+        if checkpoint is None and self.pretrained:
+            local = resolve_model(self.model_name)
+            checkpoint = local if local != self.model_name else None
+        hub = self.pretrained and checkpoint is None
+        try:
+            model = timm.create_model(self.model_name, pretrained=hub, **self.create_kwargs)
+        except Exception as exc:
+            if not hub:
+                raise
+            packaged = ", ".join(model_packages()) or "none"
+            msg = (
+                f"image_embedding.timm: no pretrained weights for {self.model_name!r} could be "
+                f"loaded (offline?). Installed model packages serve: {packaged}. Pass "
+                "pretrained=False for random weights or checkpoint_path=... for your own file."
+            )
+            raise OSError(msg) from exc
+        if checkpoint is not None:
+            timm.models.load_checkpoint(model, str(checkpoint), weights_only=True, strict=not self._head_changed(model))
+        self.model = model.to(device).eval()
+        self.transform = create_transform(**resolve_data_config({}, model=model))
+
+    def _head_changed(self, model: Any) -> bool:
+        """A checkpoint's classifier may not fit when num_classes was changed; features still do."""
+        return "num_classes" in self.create_kwargs
+
+    def preprocess(self, image: Any) -> Any:
+        from PIL import Image
+
+        from operators.image_decode import decode_image
+
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(decode_image(image))
+        elif image.mode != "RGB":
+            image = Image.fromarray(decode_image(image))
+        return self.transform(image)
+
+    def forward(self, batch: Any) -> Any:
+        return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
+
+    def postprocess(self, output: Any) -> list[np.ndarray]:
+        return list(output.float().numpy())

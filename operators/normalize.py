@@ -1,0 +1,53 @@
+"""``normalize``: scale vectors to unit length (L2 by default); zero vectors stay zero.
+
+>>> import embedflow as ef, numpy as np
+>>> ef.dc([np.array([3.0, 4.0]), np.zeros(2)]).normalize().to_list()
+[array([0.6, 0.8]), array([0., 0.])]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from embedflow import Operator
+
+
+class Normalize(Operator):
+    """Divide each vector by its norm.
+
+    Parameters:
+        p: the norm's order, ``2`` (Euclidean, default) or ``1`` (sum of absolute values),
+            or any value ``numpy.linalg.norm`` accepts (``float('inf')`` for max-abs).
+        axis: the axis the norm runs along (default ``-1``: every row of a token matrix is
+            normalised on its own).
+
+    Integer input becomes float32; float inputs keep their dtype. Torch tensors are accepted.
+
+    >>> Normalize(p=1).preprocess(np.array([1.0, 3.0])).tolist()
+    [0.25, 0.75]
+    """
+
+    def __init__(self, p: float = 2, axis: int = -1):
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or p <= 0:
+            msg = f"normalize: p={p!r} must be a positive number such as 2 (Euclidean) or 1"
+            raise ValueError(msg)
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            msg = f"normalize: axis={axis!r} must be an integer such as -1"
+            raise ValueError(msg)
+        self.p = p
+        self.axis = axis
+
+    def preprocess(self, vector: Any) -> np.ndarray:
+        if type(vector).__name__ == "Tensor":
+            vector = vector.detach().cpu().numpy()
+        arr = np.asarray(vector)
+        if arr.dtype.kind not in "fc":
+            arr = arr.astype(np.float32)
+        if arr.ndim == 0:
+            msg = f"normalize: got a scalar {arr!r}, expected a vector"
+            raise ValueError(msg)
+        norm = np.linalg.norm(arr, ord=self.p, axis=self.axis, keepdims=True)
+        safe = np.where(norm == 0, 1, norm).astype(arr.dtype, copy=False)
+        return arr / safe

