@@ -112,7 +112,7 @@ def bind_operator(
     try:
         prototype = factory()
     except (TypeError, ValueError) as exc:
-        msg = f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())}): {exc}"
+        msg = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
         raise ParameterError(msg) from exc
     if hasattr(prototype, "__dict__") and isinstance(prototype, Operator):
         prototype.__dict__.setdefault("_embedflow_params", params)

@@ -26,7 +26,7 @@ from .engines import ENGINES, get_engine
 from .errors import ColumnError, ParameterError, PlanError, UnknownOperatorError, did_you_mean
 from .failures import FailureLog
 from .io import sources
-from .operator import FunctionOperator, Operator
+from .operator import FunctionOperator, Operator, is_operator_class
 from .plan import Apply, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step, check_device
 
 Selectors = tuple[tuple[str, ...] | None, tuple[str, ...] | None]
@@ -252,22 +252,22 @@ class DataCollection:
     def map(self, fn: Callable[..., Any] | Operator, *, _key: Any = None, **options: Any) -> DataCollection:
         """Apply ``fn`` to each row (or to the selected columns) and keep what it returns.
 
-        ``fn`` may be a function, an :class:`~embedflow.Operator` instance, or a class with
-        ``__call__``. Execution options ``workers=`` (threads), ``batch_size=`` and ``device=``
+        ``fn`` may be a function, an :class:`~embedflow.Operator` instance or an Operator
+        class (instantiated without parameters). Execution options ``workers=`` (threads), ``batch_size=`` and ``device=``
         (for batchable operators) are accepted.
 
         >>> import embedflow as ef
         >>> ef.dc["text"](["ab"]).map["text", "n"](len).to_list()
         [{'text': 'ab', 'n': 2}]
         """
-        if not callable(fn):
+        if not (callable(fn) or isinstance(fn, Operator)):
             msg = f"map() needs a function or an Operator, got {fn!r}"
             raise TypeError(msg)
         unknown = set(options) - {"batch_size", "device", "workers"}
         if unknown:
             msg = f"map(): unexpected keyword {sorted(unknown)[0]!r}; map takes fn and the options batch_size, device, workers (bind other arguments with functools.partial)"
             raise ParameterError(msg)
-        obj = fn if isinstance(fn, Operator) else FunctionOperator(fn)
+        obj = fn if isinstance(fn, Operator) or is_operator_class(fn) else FunctionOperator(fn)
         return self._apply("map", options, _key, obj=obj)
 
     @_Selectable

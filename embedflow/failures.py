@@ -80,5 +80,5 @@ class FailureLog:
             where = f"; details in {self.target}" if isinstance(self.target, (str, os.PathLike)) else ""
             warnings.warn(
                 f"{self.count} item(s) failed and were skipped under .safe(){where}",
-                stacklevel=3,
+                stacklevel=4,  # close <- the run's generator <- the sink <- the caller
             )

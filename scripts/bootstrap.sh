@@ -14,7 +14,9 @@ stamp="$VENV/.embedflow-installed"
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing embedflow and its dependencies into $VENV (first run takes a few minutes)" >&2
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+  # pip's notes about this machine's extra local indexes are noise: keep real errors only
+  quiet() { "$@" 2> >(grep -v -e 'is ignored: it is neither a file nor a directory' -e BuildBackendWarning >&2); }
+  quiet "$VENV/bin/python" -m pip install -q --upgrade pip
+  quiet "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
   echo "$want" >"$stamp"
 fi

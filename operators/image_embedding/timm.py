@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
+from embedflow.errors import did_you_mean
 from embedflow.models import model_packages, resolve_model
 
 
@@ -40,11 +41,10 @@ class TimmImageEmbedding(Operator):
         import timm
 
         if not isinstance(model_name, str) or not timm.is_model(model_name.split(".")[0]):
-            hint = timm.list_models(f"*{str(model_name).split('.')[0][:6]}*")[:5]
+            hint = did_you_mean(str(model_name), timm.list_models())
             msg = (
-                f"image_embedding.timm: model_name={model_name!r} is not a timm model"
-                + (f"; similar: {', '.join(hint)}" if hint else "")
-                + ". See timm.list_models('pattern*')."
+                f"image_embedding.timm: model_name={model_name!r} is not a timm model.{hint} "
+                "See timm.list_models('pattern*') for the names."
             )
             raise ValueError(msg)
         self.model_name = model_name

@@ -84,7 +84,6 @@ class TransformersTextEmbedding(Operator):
         self.limit = self._token_limit(source)
         self.input_names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
         self.pad_id = int(tokenizer.pad_token_id)
-        self.left_padding = tokenizer.padding_side == "left"
         self._fast = self._private_fast_tokenizer()
 
     def _token_limit(self, source: str) -> int:
@@ -131,6 +130,8 @@ class TransformersTextEmbedding(Operator):
         return len(item["input_ids"])
 
     def collate(self, items: list[dict[str, list[int]]]) -> dict[str, Any]:
+        """Pad to the longest item, always on the right: position ids then stay those of an
+        unpadded text for decoders too (left padding would shift GPT-2's positions)."""
         import torch
 
         width = max(len(it["input_ids"]) for it in items)
@@ -140,7 +141,7 @@ class TransformersTextEmbedding(Operator):
             rows = []
             for it in items:
                 fill = [pad] * (width - len(it[key]))
-                rows.append(fill + it[key] if self.left_padding else it[key] + fill)
+                rows.append(it[key] + fill)
             batch[key] = torch.tensor(rows, dtype=torch.long)
         return batch
 
@@ -158,8 +159,7 @@ class TransformersTextEmbedding(Operator):
             return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
         if self.pooling == "max":
             return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(1).values
-        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-        last = (positions * mask).argmax(1)  # "last": the last real token, either padding side
+        last = mask.sum(1) - 1  # "last": the last real token (padding is on the right)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
     def postprocess(self, output: Any) -> list[np.ndarray]:

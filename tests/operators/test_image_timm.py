@@ -1,0 +1,102 @@
+"""image_embedding.timm: equal to timm called directly; offline model packages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import embedflow as ef
+
+
+@pytest.fixture(scope="module")
+def resnet_checkpoint(tmp_path_factory):
+    """A saved random resnet18: the weights are arbitrary, the check is exact equality."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18-random.pth"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def _timm_direct(model, images):
+    from timm.data import create_transform, resolve_data_config
+
+    transform = create_transform(**resolve_data_config({}, model=model))
+    with torch.no_grad():
+        batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])
+        return model.forward_head(model.forward_features(batch), pre_logits=True).numpy()
+
+
+def test_equals_timm_on_real_photos(resnet_checkpoint, sample_images):
+    path, model = resnet_checkpoint
+    photos = sample_images[:9]
+    ours = (
+        ef.glob["path"](*map(str, photos))
+        .image_decode["path", "img"]()
+        .image_embedding.timm["img", "vec"](model_name="resnet18", pretrained=False, checkpoint_path=str(path), batch_size=4)
+        .to_numpy(column="vec")
+    )
+    theirs = _timm_direct(model, sorted(photos))
+    assert ours.shape == (9, 512) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_paths_and_pil_images_are_accepted_directly(resnet_checkpoint, sample_images):
+    path, model = resnet_checkpoint
+    photo = sample_images[0]
+    op = dict(model_name="resnet18", pretrained=False, checkpoint_path=str(path))
+    from_path = ef.dc([photo]).image_embedding.timm(**op).to_numpy()
+    from_pil = ef.dc([Image.open(photo).convert("L")]).image_embedding.timm(**op).to_numpy()
+    np.testing.assert_allclose(from_path, _timm_direct(model, [photo]), rtol=1e-4, atol=1e-5)
+    assert from_pil.shape == (1, 512)
+
+
+def test_packaged_efficientnet_lite0_classifies_the_cat(sample_images):
+    """The model package's weights, renamed for timm, are real ImageNet weights."""
+    import timm
+
+    from embedflow.models import resolve_model
+
+    checkpoint = resolve_model("efficientnet_lite0")
+    assert checkpoint.endswith(".pth")
+    model = timm.create_model("efficientnet_lite0", pretrained=False, checkpoint_path=checkpoint).eval()
+    cat = next(p for p in sample_images if p.stem == "cat")
+    from timm.data import create_transform, resolve_data_config
+
+    x = create_transform(**resolve_data_config({}, model=model))(Image.open(cat).convert("RGB"))
+    with torch.no_grad():
+        top = int(model(x[None]).argmax())
+    assert 281 <= top <= 285  # ImageNet's domestic cat classes
+
+
+def test_pretrained_uses_the_installed_package_offline(sample_images):
+    vecs = ef.dc(sample_images[:3]).image_embedding.timm(model_name="efficientnet_lite0").to_numpy()
+    assert vecs.shape == (3, 1280)
+
+
+def test_unknown_architecture_fails_at_build_time():
+    with pytest.raises(ef.ParameterError, match=r"'resnet5O' is not a timm model.*Did you mean .resnet50."):
+        ef.dc([1]).image_embedding.timm(model_name="resnet5O")
+
+
+def test_pretrained_weights_unavailable_offline_explain_the_choices(monkeypatch):
+    import timm
+
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise RuntimeError("network unreachable")
+        return original(*args, **kwargs)
+
+    original = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(OSError, match=r"no pretrained weights for 'resnet18'.*pretrained=False.*checkpoint_path"):
+        ef.dc([np.zeros((8, 8, 3), np.uint8)]).image_embedding.timm(model_name="resnet18").to_list()
+
+
+def test_extra_keyword_arguments_go_to_create_model():
+    vec = ef.dc([np.zeros((32, 32, 3), np.uint8)]).image_embedding.timm(model_name="resnet18", pretrained=False, drop_rate=0.5).to_list()[0]
+    assert vec.shape == (512,)
