@@ -25,9 +25,11 @@ from .binding import bind_operator
 from .engines import ENGINES, get_engine
 from .errors import ColumnError, ParameterError, PlanError, UnknownOperatorError, did_you_mean
 from .failures import FailureLog
+from .progress import progress_bar
+from .scheduler import RunStats
 from .io import sources
 from .operator import FunctionOperator, Operator, is_operator_class
-from .plan import Apply, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step, check_device
+from .plan import EXECUTION_OPTIONS, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step, check_device
 
 Selectors = tuple[tuple[str, ...] | None, tuple[str, ...] | None]
 
@@ -263,9 +265,12 @@ class DataCollection:
         if not (callable(fn) or isinstance(fn, Operator)):
             msg = f"map() needs a function or an Operator, got {fn!r}"
             raise TypeError(msg)
-        unknown = set(options) - {"batch_size", "device", "workers"}
+        unknown = set(options) - set(EXECUTION_OPTIONS)
         if unknown:
-            msg = f"map(): unexpected keyword {sorted(unknown)[0]!r}; map takes fn and the options batch_size, device, workers (bind other arguments with functools.partial)"
+            msg = (
+                f"map(): unexpected keyword {sorted(unknown)[0]!r}; map takes fn and the options "
+                f"{', '.join(EXECUTION_OPTIONS)} (bind other arguments with functools.partial)"
+            )
             raise ParameterError(msg)
         obj = fn if isinstance(fn, Operator) or is_operator_class(fn) else FunctionOperator(fn)
         return self._apply("map", options, _key, obj=obj)
@@ -391,14 +396,35 @@ class DataCollection:
         return self._with(plan=replace(self._plan, engine=engine))
 
     # ---- looking at the plan ---------------------------------------------------------------
-    def explain(self) -> str:
+    def explain(self, analyze: bool = False) -> str:
         """The plan as text; nothing runs.
+
+        With ``analyze=True`` the plan does run (its output is discarded) and the text adds,
+        per stage, the items in and out, the time busy, the throughput and how long the stage
+        waited for input or for its consumer — the busiest stage is the bottleneck.
 
         >>> import embedflow as ef
         >>> print(ef.dc([1]).map(abs).explain().splitlines()[-1])
           1 map    abs
+        >>> "busiest stage" in ef.dc(range(100)).map(abs).explain(analyze=True)
+        True
         """
-        return self._plan.explain()
+        if not analyze:
+            return self._plan.explain()
+        stats = RunStats()
+        for _rows in self._chunks(stats=stats, progress=False):
+            pass
+        return self._plan.explain().replace("(nothing has run; ", "(analyzed run; ") + "\n" + stats.report()
+
+    def set_progress(self, show: bool | None) -> DataCollection:
+        """Show a progress bar while a sink runs: ``True``, ``False``, or ``None`` (default:
+        only when stderr is a terminal and the run takes more than a second).
+
+        >>> import embedflow as ef
+        >>> ef.dc([1]).set_progress(False).plan.progress
+        False
+        """
+        return self._with(plan=replace(self._plan, progress=show))
 
     def __repr__(self) -> str:
         return f"<DataCollection: {len(self._plan.steps)} step(s), lazy>\n{self.explain()}"
@@ -408,15 +434,19 @@ class DataCollection:
         raise TypeError(msg)
 
     # ---- sinks -------------------------------------------------------------------------
-    def _chunks(self) -> Iterator[list[Any]]:
+    def _chunks(self, stats: RunStats | None = None, progress: bool | None = None) -> Iterator[list[Any]]:
         """Run the plan and yield chunks of output rows; the run's failures are recorded."""
         engine = get_engine(self._plan.engine)
         failures = FailureLog(self._plan.errors)
-        run = engine.execute(self._plan, failures)
+        run = engine.execute(self._plan, failures, stats)
+        bar = progress_bar(self._plan, self._plan.progress if progress is None else progress)
         try:
-            yield from run
+            for rows in run:
+                bar.update(len(rows))
+                yield rows
         finally:
             run.close()
+            bar.close()
             failures.close()
 
     def __iter__(self) -> Iterator[Any]:

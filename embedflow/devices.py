@@ -46,6 +46,64 @@ def resolve_device(requested: str | None) -> str:
     raise PlanError(msg)
 
 
+def resolve_devices(requested: str | None) -> list[str]:
+    """The devices a model step runs on: one replica each.
+
+    ``cuda`` (and ``auto`` on a machine with GPUs) means every visible GPU; ``cuda:N`` one.
+
+    >>> resolve_devices("cpu")
+    ['cpu']
+    """
+    requested = requested or "auto"
+    if requested in ("auto", "cuda"):
+        first = resolve_device(requested)
+        if first.startswith("cuda"):
+            import torch
+
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return [first]
+    return [resolve_device(requested)]
+
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def autocast(device: str, dtype: str | None) -> Any:
+    """A factory of the autocast context for ``device``: ``auto`` is fp16 on CUDA and fp32
+    elsewhere; ``fp16``/``bf16`` ask for that precision; ``fp32`` turns autocast off.
+
+    >>> autocast("cpu", None)().__class__.__name__
+    'nullcontext'
+    """
+    import contextlib
+
+    dtype = dtype or "auto"
+    if dtype == "auto":
+        dtype = "fp16" if device.startswith("cuda") else "fp32"
+    if dtype == "fp32":
+        return contextlib.nullcontext
+    import torch
+
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.bfloat16
+    device_type = device.split(":")[0]
+    return lambda: torch.autocast(device_type=device_type, dtype=torch_dtype)
+
+
+def pin(obj: Any) -> Any:
+    """Page-lock every CPU tensor in ``obj`` so the copy to the GPU can overlap compute."""
+    if _is_tensor(obj):
+        return obj.pin_memory() if obj.device.type == "cpu" else obj
+    if isinstance(obj, Mapping):
+        pinned = {k: pin(v) for k, v in obj.items()}
+        try:
+            return type(obj)(pinned)
+        except TypeError:
+            return pinned
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(pin(v) for v in obj)
+    return obj
+
+
 def _is_tensor(obj: Any) -> bool:
     return type(obj).__name__ in ("Tensor", "Parameter") and hasattr(obj, "to")
 

@@ -43,6 +43,9 @@ class Operator:
     """
 
     batchable: ClassVar[bool] = False
+    #: True: ``preprocess`` is real work that releases the GIL (decode): give it a thread pool.
+    #: False: it is cheap and runs inline with the neighbouring steps (no per-item thread hop).
+    threaded: ClassVar[bool] = True
     #: default batch size for batchable operators; the ``batch_size=`` option overrides it
     default_batch_size: ClassVar[int] = 32
 
@@ -78,10 +81,14 @@ class Operator:
 class FunctionOperator(Operator):
     """Adapts a plain function: inputs are its positional arguments, params its keywords.
 
+    Functions run inline (no thread pool) unless the step asks for ``workers=``.
+
     >>> op = FunctionOperator(lambda text, suffix="!": text + suffix, {"suffix": "?"})
     >>> op.preprocess("hi")
     'hi?'
     """
+
+    threaded = False
 
     def __init__(self, fn: Callable[..., Any], params: dict[str, Any] | None = None):
         self.fn = fn

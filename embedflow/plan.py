@@ -21,7 +21,7 @@ from typing import Any
 from .errors import PlanError, short_repr
 from .operator import Operator, callable_name
 
-EXECUTION_OPTIONS = ("batch_size", "device", "workers")
+EXECUTION_OPTIONS = ("batch_size", "device", "workers", "dtype", "max_batch_tokens")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -43,19 +43,25 @@ class ExecOptions:
 
     batch_size: int | None = None
     device: str | None = None
-    workers: int | None = None
+    workers: int | None = None  # threads for preprocess (decode, tokenize)
+    dtype: str | None = None  # auto | fp32 | fp16 | bf16 (autocast on the device)
+    max_batch_tokens: int | None = None  # cap on padded tokens per batch (with sort_key)
 
     @classmethod
     def from_kwargs(cls, step: str, kwargs: dict[str, Any]) -> ExecOptions:
         """Pop and validate the execution options out of a call's keyword arguments."""
         values = {k: kwargs.pop(k) for k in EXECUTION_OPTIONS if k in kwargs}
-        for key in ("batch_size", "workers"):
+        for key in ("batch_size", "workers", "max_batch_tokens"):
             value = values.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 msg = f"{step}: {key}={value!r} must be a positive integer, e.g. {key}=32"
                 raise PlanError(msg)
         if values.get("device") is not None:
             check_device(values["device"])
+        dtype = values.get("dtype")
+        if dtype is not None and dtype not in ("auto", "fp32", "fp16", "bf16"):
+            msg = f"{step}: dtype={dtype!r} is not one of 'auto', 'fp32', 'fp16', 'bf16'"
+            raise PlanError(msg)
         return cls(**values)
 
 
@@ -200,6 +206,7 @@ class Plan:
     device: str = "auto"
     engine: str = "local"
     errors: Any = field(default=None, compare=False)  # where .safe() records failures
+    progress: bool | None = None  # progress bar: None = only on a terminal
 
     def then(self, step: Step) -> Plan:
         return replace(self, steps=(*self.steps, step))

@@ -91,12 +91,12 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     img = ImageOps.exif_transpose(img) or img
     mode = img.mode
     if mode == "RGB":
-        return np.asarray(img, dtype=np.uint8).copy()
+        return np.array(img, dtype=np.uint8)  # one copy, writable
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
-        return np.asarray(_composite_on_white(img), dtype=np.uint8).copy()
+        return np.array(_composite_on_white(img), dtype=np.uint8)
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grayscale
         return array_to_rgb(np.asarray(img))
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def array_to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -110,7 +110,7 @@ def array_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         arr8 = _high_depth_to_uint8(arr)
         if arr.shape[2] == 4:
-            return np.asarray(_composite_on_white(Image.fromarray(arr8, "RGBA")), dtype=np.uint8).copy()
+            return np.array(_composite_on_white(Image.fromarray(arr8, "RGBA")), dtype=np.uint8)
         return np.ascontiguousarray(arr8)
     msg = f"image_decode: an array of shape {arr.shape} is not an image (expected HxW, HxWx3 or HxWx4)"
     raise ImageDecodeError(msg)

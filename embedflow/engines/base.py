@@ -13,6 +13,7 @@ from typing import Any
 
 from ..failures import FailureLog
 from ..plan import Plan
+from ..scheduler import RunStats
 
 
 class Engine(ABC):
@@ -21,8 +22,10 @@ class Engine(ABC):
     name = "base"
 
     @abstractmethod
-    def execute(self, plan: Plan, failures: FailureLog) -> Iterator[list[Any]]:
+    def execute(self, plan: Plan, failures: FailureLog, stats: RunStats | None = None) -> Iterator[list[Any]]:
         """Run plan and yield lists of output rows, in input order.
+
+        When ``stats`` is given it is filled with per-stage figures once the run ends.
 
         Items that fail in a step whose ``on_error`` is ``"skip"`` are recorded in ``failures``
         and left out; elsewhere a failure raises :class:`~embedflow.errors.ItemError`.

@@ -1,9 +1,16 @@
-"""The local engine: runs a plan in this process, streaming chunks of rows step by step.
+"""The local engine: compiles a plan into stages that run in threads, joined by bounded
+channels, and streams their output back in input order.
 
-Every step is a generator over chunks ``(keys, rows)`` where a key is the source row number
-(kept for error messages and ``.safe()`` records). Nothing is materialised between steps;
-batchable operators collect prepared items into batches of ``batch_size`` across chunks and
-run ``forward`` once per batch. Output order equals input order.
+Stages:
+
+* the **source** reads rows in chunks (sizes 1, 2, 4 ... 256, so the first rows arrive at once);
+* consecutive cheap steps (functions, ``filter``, ``flat_map``, ``select``, ``head``, ``batch``,
+  operators that declare ``threaded = False``) **fuse** into one stage that works chunk-wise;
+* an operator whose ``preprocess`` is real work (``threaded = True``: decode) runs on a
+  **thread pool** of ``workers`` threads (default: the cores this process may use);
+* a **batchable** operator becomes a small pipeline of its own (see :mod:`.model_stage`):
+  preprocess on the pool, length-aware batching, one forward worker per device with the next
+  batch already prepared, and a reorder buffer.
 
 >>> import embedflow as ef
 >>> ef.dc(range(5)).map(lambda x: x * x).filter(lambda x: x % 2 == 0).to_list()
@@ -12,308 +19,26 @@ run ``forward`` once per batch. Output order equals input order.
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import os
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..devices import move, resolve_device
-from ..errors import EmbedflowError, ItemError
-from ..failures import Failure, FailureLog
+from ..devices import resolve_devices
+from ..errors import EmbedflowError
+from ..failures import FailureLog
 from ..operator import Operator
 from ..plan import Apply, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step
-from ..rows import missing_column, read_inputs, write_outputs
+from ..scheduler import END, Channel, Run, RunStats, StageStats
+from ..rows import read_inputs, write_outputs
 from .base import Engine
+from .steps import Chunk, Guard, apply_items, batch_rows, drop_skipped, filter_rows, flat_map_rows, head_rows, project_rows
 
-Chunk = tuple[list[int], list[Any]]
 MAX_CHUNK = 256
-
-
-class _Skip(Exception):
-    """Internal: an item failed and was recorded under ``.safe()``."""
-
-
-def _source_chunks(source: Source) -> Iterator[Chunk]:
-    """Chunks of source rows; sizes grow 1, 2, 4 ... so the first rows arrive at once."""
-    size, keys, rows = 1, [], []
-    for key, row in enumerate(source.open()):
-        keys.append(key)
-        rows.append(row)
-        if len(rows) >= size:
-            yield keys, rows
-            size, keys, rows = min(size * 2, MAX_CHUNK), [], []
-    if rows:
-        yield keys, rows
-
-
-class _Guard:
-    """Runs one item's work and applies the step's error policy."""
-
-    def __init__(self, step: Step, label: str, failures: FailureLog):
-        self.skip = step.on_error == "skip"
-        self.label = label
-        self.failures = failures
-
-    def fail(self, key: int | None, item: Any, exc: Exception) -> None:
-        if isinstance(exc, ItemError):
-            raise exc
-        if self.skip:
-            self.failures.record(Failure.of(self.label, key, item, exc))
-            raise _Skip from exc
-        raise ItemError(self.label, key, item, exc) from exc
-
-
-def _is_setup_needed(op: Operator) -> bool:
-    return type(op).setup is not Operator.setup
-
-
-class LocalEngine(Engine):
-    """Single-process engine; per-item work may use a thread pool (``workers=``)."""
-
-    name = "local"
-
-    def execute(self, plan: Plan, failures: FailureLog) -> Iterator[list[Any]]:
-        chunks: Iterator[Chunk] = _source_chunks(plan.source)
-        with contextlib.ExitStack() as stack:
-            for step in plan.steps:
-                chunks = self._lower(step, chunks, plan, failures, stack)
-            for _keys, rows in chunks:
-                if rows:
-                    yield rows
-
-    def _lower(self, step: Step, chunks: Iterator[Chunk], plan: Plan, failures: FailureLog, stack: contextlib.ExitStack) -> Iterator[Chunk]:
-        if isinstance(step, Apply):
-            op = self._ready_operator(step, plan)
-            workers = step.options.workers or 1
-            pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="embedflow")) if workers > 1 else None
-            if op.batchable:
-                return _batched(step, op, chunks, failures, pool)
-            return _per_item(step, op, chunks, failures, pool)
-        if isinstance(step, Filter):
-            return _filter(step, chunks, failures)
-        if isinstance(step, FlatMap):
-            return _flat_map(step, chunks, failures)
-        if isinstance(step, Batch):
-            return _batch(step, chunks)
-        if isinstance(step, Head):
-            return _head(step, chunks)
-        if isinstance(step, Project):
-            return _project(step, chunks)
-        msg = f"the local engine cannot run a {type(step).__name__} step"
-        raise EmbedflowError(msg)
-
-    @staticmethod
-    def _ready_operator(step: Apply, plan: Plan) -> Operator:
-        """The step's operator, set up on its device once and reused by later runs."""
-        op = step.operator
-        if not (op.batchable or _is_setup_needed(op)):
-            return op
-        device = resolve_device(step.options.device or plan.device)
-        ready = step.ready.get(device)
-        if ready is None:
-            ready = op if not step.ready else step.factory()
-            ready.setup(device)
-            ready._embedflow_device = device  # type: ignore[attr-defined]
-            step.ready[device] = ready
-        return ready
-
-
-def _map_items(fn, items: list[Any], pool: ThreadPoolExecutor | None) -> list[Any]:
-    if pool is None or len(items) < 2:
-        return [fn(x) for x in items]
-    return list(pool.map(fn, items))
-
-
-def _per_item(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: FailureLog, pool) -> Iterator[Chunk]:
-    guard = _Guard(step, step.name, failures)
-    inputs, outputs = step.inputs, step.outputs
-    preprocess = op.preprocess
-
-    def run(pair: tuple[int, Any]) -> Any:
-        key, row = pair
-        try:
-            args = read_inputs(row, inputs)
-            return write_outputs(row, inputs, outputs, preprocess(*args))
-        except Exception as exc:  # noqa: BLE001 - policy decides
-            try:
-                guard.fail(key, row, exc)
-            except _Skip:
-                return _SKIPPED
-
-    if pool is None and step.on_error == "raise" and inputs is None:
-        for keys, rows in chunks:  # the fast path: no selectors, no skipping
-            try:
-                yield keys, [preprocess(row) for row in rows]
-            except Exception:  # noqa: BLE001 - find the row and raise with it
-                for key, row in zip(keys, rows):
-                    run((key, row))
-                raise
-        return
-    for keys, rows in chunks:
-        results = _map_items(run, list(zip(keys, rows)), pool)
-        yield _drop_skipped(keys, results)
-
-
-_SKIPPED = object()
-
-
-def _drop_skipped(keys: list[int], rows: list[Any]) -> Chunk:
-    if not any(r is _SKIPPED for r in rows):
-        return keys, rows
-    kept = [(k, r) for k, r in zip(keys, rows) if r is not _SKIPPED]
-    return [k for k, _ in kept], [r for _, r in kept]
-
-
-def _batched(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: FailureLog, pool) -> Iterator[Chunk]:
-    """Prepare items, group them into batches of ``batch_size``, forward, split, reassemble."""
-    import torch
-
-    guard = _Guard(step, step.name, failures)
-    inputs, outputs = step.inputs, step.outputs
-    size = step.options.batch_size or type(op).default_batch_size
-    device = getattr(op, "_embedflow_device", "cpu")
-
-    def prepare(pair: tuple[int, Any]) -> Any:
-        key, row = pair
-        try:
-            return op.preprocess(*read_inputs(row, inputs))
-        except Exception as exc:  # noqa: BLE001
-            try:
-                guard.fail(key, row, exc)
-            except _Skip:
-                return _SKIPPED
-
-    def forward(prepared: list[Any]) -> list[Any]:
-        with torch.inference_mode():
-            batch = move(op.collate(prepared), device, non_blocking=device.startswith("cuda"))
-            output = move(op.forward(batch), "cpu")
-        results = op.postprocess(output)
-        if len(results) != len(prepared):
-            msg = f"{step.name}.postprocess returned {len(results)} results for a batch of {len(prepared)}"
-            raise EmbedflowError(msg)
-        return results
-
-    def flush(keys: list[int], rows: list[Any], prepared: list[Any]) -> Chunk:
-        try:
-            results = forward(prepared)
-        except EmbedflowError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - isolate the bad item, keep the good ones
-            if len(prepared) == 1:
-                guard.fail(keys[0], rows[0], exc)
-            results = []
-            for key, row, item in zip(keys, rows, prepared):
-                try:
-                    results.append(forward([item])[0])
-                except Exception as item_exc:  # noqa: BLE001
-                    try:
-                        guard.fail(key, row, item_exc)
-                    except _Skip:
-                        results.append(_SKIPPED)
-        new_rows = [r if r is _SKIPPED else write_outputs(row, inputs, outputs, r) for row, r in zip(rows, results)]
-        return _drop_skipped(keys, new_rows)
-
-    buf_keys: list[int] = []
-    buf_rows: list[Any] = []
-    buf_items: list[Any] = []
-    for keys, rows in chunks:
-        prepared = _map_items(prepare, list(zip(keys, rows)), pool)
-        for key, row, item in zip(keys, rows, prepared):
-            if item is _SKIPPED:
-                continue
-            buf_keys.append(key)
-            buf_rows.append(row)
-            buf_items.append(item)
-            if len(buf_items) >= size:
-                try:
-                    yield flush(buf_keys, buf_rows, buf_items)
-                except _Skip:
-                    pass
-                buf_keys, buf_rows, buf_items = [], [], []
-    if buf_items:
-        try:
-            yield flush(buf_keys, buf_rows, buf_items)
-        except _Skip:
-            pass
-
-
-def _filter(step: Filter, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
-    guard = _Guard(step, "filter", failures)
-    for keys, rows in chunks:
-        out_keys, out_rows = [], []
-        for key, row in zip(keys, rows):
-            try:
-                keep = step.fn(*read_inputs(row, step.inputs))
-            except Exception as exc:  # noqa: BLE001
-                try:
-                    guard.fail(key, row, exc)
-                except _Skip:
-                    continue
-            if keep:
-                out_keys.append(key)
-                out_rows.append(row)
-        yield out_keys, out_rows
-
-
-def _flat_map(step: FlatMap, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
-    guard = _Guard(step, "flat_map", failures)
-    for keys, rows in chunks:
-        out_keys, out_rows = [], []
-        for key, row in zip(keys, rows):
-            try:
-                produced = [write_outputs(row, step.inputs, step.outputs, v) for v in step.fn(*read_inputs(row, step.inputs))]
-            except Exception as exc:  # noqa: BLE001
-                try:
-                    guard.fail(key, row, exc)
-                except _Skip:
-                    continue
-            out_keys.extend([key] * len(produced))
-            out_rows.extend(produced)
-        yield out_keys, out_rows
-
-
-def _batch(step: Batch, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-    group_key, group = None, []
-    for keys, rows in chunks:
-        out_keys, out_rows = [], []
-        for key, row in zip(keys, rows):
-            if not group:
-                group_key = key
-            group.append(row)
-            if len(group) == step.size:
-                out_keys.append(group_key)
-                out_rows.append(group)
-                group = []
-        yield out_keys, out_rows
-    if group:
-        yield [group_key], [group]
-
-
-def _head(step: Head, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-    left = step.n
-    if left <= 0:
-        return
-    for keys, rows in chunks:
-        if len(rows) >= left:
-            yield keys[:left], rows[:left]
-            return
-        left -= len(rows)
-        yield keys, rows
-
-
-def _project(step: Project, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-    cols = step.columns
-    for keys, rows in chunks:
-        if step.keep:
-            try:
-                new = [{c: row[c] for c in cols} for row in rows]
-            except KeyError as exc:
-                bad = next(row for row in rows if exc.args[0] not in row)
-                raise missing_column(exc.args[0], bad) from None
-        else:
-            new = [{k: v for k, v in row.items() if k not in cols} for row in rows]
-        yield keys, new
+CHANNEL_CHUNKS = 4  # chunks buffered between two stages
 
 
 def cpu_count() -> int:
@@ -322,3 +47,236 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS / Windows
         return os.cpu_count() or 1
+
+
+def default_workers(replicas: dict[int, list[tuple[str, Operator]]]) -> int:
+    """Threads for a preprocess pool when the step does not say ``workers=``.
+
+    All the cores when the models run elsewhere (a GPU); when a model runs on the CPU, torch's
+    intra-op threads already use the cores, so the pools get what is left, at least one
+    thread — decode threads plus torch threads should not exceed the cores. Measured on 2
+    cores (benchmarks/bench_images.py, resnet18): 2 decode threads beside torch's 2 gave
+    33 images/s, 1 gave 36.5.
+    """
+    cores = cpu_count()
+    if any(device == "cpu" for reps in replicas.values() for device, op in reps if op.batchable):
+        import torch
+
+        return max(1, cores - torch.get_num_threads())
+    return cores
+
+
+def is_batched(step: Step) -> bool:
+    return isinstance(step, Apply) and step.operator.batchable
+
+
+def is_threaded(step: Step) -> bool:
+    """A per-item operator step that gets a thread pool of its own."""
+    if not isinstance(step, Apply) or step.operator.batchable:
+        return False
+    if step.options.workers is not None:
+        return step.options.workers > 1
+    return bool(getattr(step.operator, "threaded", False))
+
+
+def segments(steps: tuple[Step, ...]) -> list[tuple[str, list[Step]]]:
+    """Group steps into stages: ("model", [op]), ("pool", [op]) or ("fused", [cheap steps...])."""
+    out: list[tuple[str, list[Step]]] = []
+    for step in steps:
+        kind = "model" if is_batched(step) else "pool" if is_threaded(step) else "fused"
+        if kind == "fused" and out and out[-1][0] == "fused":
+            out[-1][1].append(step)
+        else:
+            out.append((kind, [step]))
+    return out
+
+
+def ready_operators(step: Apply, plan: Plan) -> list[tuple[str, Operator]]:
+    """The step's operator set up on each of its devices (one replica per device), kept with
+    the step so later runs of the same collection do not load the model again."""
+    op = step.operator
+    if not (op.batchable or type(op).setup is not Operator.setup):
+        return [("cpu", op)]
+    out = []
+    for device in resolve_devices(step.options.device or plan.device):
+        ready = step.ready.get(device)
+        if ready is None:
+            ready = op if not step.ready else step.factory()
+            ready.setup(device)
+            step.ready[device] = ready
+        out.append((device, ready))
+    return out
+
+
+class LocalEngine(Engine):
+    """Runs a plan in this process with one thread per stage."""
+
+    name = "local"
+
+    def execute(self, plan: Plan, failures: FailureLog, stats: RunStats | None = None) -> Iterator[list[Any]]:
+        run = Run()
+        try:
+            tail = self._build(plan, failures, run)
+            run.mark_started()
+            rows_out = 0
+            for _keys, rows in run.drain(tail):
+                if rows:
+                    rows_out += len(rows)
+                    yield rows
+            run.stats.rows = rows_out
+        finally:
+            run.close()
+            if stats is not None:
+                stats.stages[:] = run.stats.stages
+                stats.wall, stats.rows = run.stats.wall, run.stats.rows
+
+    def _build(self, plan: Plan, failures: FailureLog, run: Run) -> Channel:
+        channel = run.channel("source", CHANNEL_CHUNKS)
+        stats = run.stage_stats(f"source {plan.source.label}")
+        run.start("source", lambda: _source(plan.source, channel, stats))
+        replicas = {id(s): ready_operators(s, plan) for s in plan.steps if isinstance(s, Apply) and (is_batched(s) or is_threaded(s))}
+        workers_default = default_workers(replicas)
+        for kind, steps in segments(plan.steps):
+            out = run.channel(kind, CHANNEL_CHUNKS)
+            if kind == "fused":
+                stage_stats = run.stage_stats(" > ".join(_label(s) for s in steps))
+                run.start("fused", _fused(steps, channel, out, failures, stage_stats))
+            elif kind == "pool":
+                step = steps[0]
+                assert isinstance(step, Apply)
+                _device, op = replicas[id(step)][0]
+                workers = step.options.workers or workers_default
+                stage_stats = run.stage_stats(f"{step.name} ({workers} threads)")
+                run.start(step.name, _pooled(step, op, workers, channel, out, failures, stage_stats, run))
+            else:
+                from .model_stage import start_model_stage
+
+                step = steps[0]
+                assert isinstance(step, Apply)
+                start_model_stage(step, replicas[id(step)], workers_default, channel, out, failures, run)
+            channel = out
+        return channel
+
+
+def _label(step: Step) -> str:
+    return step.name if isinstance(step, Apply) else step.kind
+
+
+def _source(source: Source, out: Channel, stats: StageStats) -> None:
+    rows_iter = iter(source.open())
+    size, start = 1, 0
+    while True:
+        t0 = time.perf_counter()
+        rows = list(itertools.islice(rows_iter, size))
+        stats.busy += time.perf_counter() - t0
+        if not rows:
+            break
+        stats.items_out += len(rows)
+        if not out.put((range(start, start + len(rows)), rows), stats):
+            return  # the consumer is done (head)
+        start += len(rows)
+        size = min(size * 2, MAX_CHUNK)
+    out.finish()
+
+
+def _inbox(channel: Channel, stats: StageStats) -> Iterator[Chunk]:
+    while True:
+        chunk = channel.get(stats)
+        if chunk is END:
+            return
+        stats.items_in += len(chunk[1])
+        yield chunk
+
+
+def _compose(step: Step, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
+    if isinstance(step, Apply):
+        return apply_items(step, step.operator, chunks, failures)
+    if isinstance(step, Filter):
+        return filter_rows(step, chunks, failures)
+    if isinstance(step, FlatMap):
+        return flat_map_rows(step, chunks, failures)
+    if isinstance(step, Batch):
+        return batch_rows(step, chunks)
+    if isinstance(step, Head):
+        return head_rows(step, chunks)
+    if isinstance(step, Project):
+        return project_rows(step, chunks)
+    msg = f"the local engine cannot run a {type(step).__name__} step"
+    raise EmbedflowError(msg)
+
+
+def _fused(steps: list[Step], inbox: Channel, out: Channel, failures: FailureLog, stats: StageStats) -> Callable[[], None]:
+    def body() -> None:
+        chunks: Iterator[Chunk] = _inbox(inbox, stats)
+        for step in steps:
+            chunks = _compose(step, chunks, failures)
+        while True:
+            t0, waited = time.perf_counter(), stats.wait_in
+            chunk = next(chunks, None)
+            stats.busy += time.perf_counter() - t0 - (stats.wait_in - waited)
+            if chunk is None:
+                break
+            if chunk[1]:
+                stats.items_out += len(chunk[1])
+                if not out.put(chunk, stats):
+                    break
+        inbox.close()  # a head() may finish before the input does: let upstream stop
+        out.finish()
+
+    return body
+
+
+def _pooled(step: Apply, op: Operator, workers: int, inbox: Channel, out: Channel, failures: FailureLog, stats: StageStats, run: Run) -> Callable[[], None]:
+    """Per-item work on a thread pool, in input order.
+
+    At most ``4 × workers`` items are in flight and results leave in chunks of at most
+    ``2 × workers`` rows (at least 8): decoded images are large, so what this stage holds and
+    what waits in its output channel stays a few dozen rows, whatever the input chunk size.
+    """
+    guard = Guard(step, step.name, failures)
+    inputs, outputs = step.inputs, step.outputs
+    in_flight = 4 * workers
+    emit_size = max(8, 2 * workers)
+
+    def one(key: int, row: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return write_outputs(row, inputs, outputs, op.preprocess(*read_inputs(row, inputs)))
+        except Exception as exc:  # noqa: BLE001 - the step's policy decides
+            return guard.handle(key, row, exc)
+        finally:
+            stats.busy += time.perf_counter() - t0
+
+    def body() -> None:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=f"embedflow-{step.name}")
+        run.cleanups.append(lambda: pool.shutdown(wait=True, cancel_futures=True))
+        pending: deque[tuple[int, Any]] = deque()  # (key, future), in input order
+
+        def emit(count: int) -> bool:
+            keys, rows = [], []
+            for _ in range(count):
+                key, future = pending.popleft()
+                keys.append(key)
+                rows.append(future.result())
+            chunk = drop_skipped(keys, rows)
+            stats.items_out += len(chunk[1])
+            return not chunk[1] or out.put(chunk, stats)
+
+        try:
+            for keys, rows in _inbox(inbox, stats):
+                for key, row in zip(keys, rows):
+                    pending.append((key, pool.submit(one, key, row)))
+                    while len(pending) >= in_flight or (len(pending) >= emit_size and pending[emit_size - 1][1].done()):
+                        if not emit(min(emit_size, len(pending))):
+                            return
+            while pending:
+                if not emit(min(emit_size, len(pending))):
+                    return
+            out.finish()
+        finally:
+            for _key, future in pending:
+                future.cancel()
+            inbox.close()
+
+    stats.note = "busy summed over threads"
+    return body

@@ -1,0 +1,155 @@
+"""Chunk-wise implementations of the cheap steps, shared by the local engine's stages.
+
+A chunk is ``(keys, rows)``: the source row numbers (kept for error messages and ``.safe()``
+records) and the rows. Each function takes an iterator of chunks and yields chunks.
+
+>>> from embedflow.plan import Head
+>>> list(head_rows(Head(n=3), iter([(range(0, 2), ["a", "b"]), (range(2, 4), ["c", "d"])])))
+[(range(0, 2), ['a', 'b']), (range(2, 3), ['c'])]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import ItemError
+from ..failures import Failure, FailureLog
+from ..operator import FunctionOperator, Operator
+from ..plan import Apply, Batch, Filter, FlatMap, Head, Project, Step
+from ..rows import missing_column, read_inputs, write_outputs
+
+Chunk = tuple[Sequence[int], list[Any]]
+
+
+class _Skipped:
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+SKIPPED = _Skipped()  # the result of an item that failed under .safe()
+
+
+class Guard:
+    """Applies a step's error policy to one failed item."""
+
+    def __init__(self, step: Step, label: str, failures: FailureLog):
+        self.skip = step.on_error == "skip"
+        self.label = label
+        self.failures = failures
+
+    def handle(self, key: int | None, item: Any, exc: Exception) -> Any:
+        """Return SKIPPED after recording the failure (``.safe()``), else raise ItemError."""
+        if isinstance(exc, ItemError):
+            raise exc
+        if self.skip:
+            self.failures.record(Failure.of(self.label, key, item, exc))
+            return SKIPPED
+        raise ItemError(self.label, key, item, exc) from exc
+
+
+def drop_skipped(keys: Sequence[int], rows: list[Any]) -> Chunk:
+    """The chunk without the rows that failed under ``.safe()``."""
+    if not any(r is SKIPPED for r in rows):
+        return keys, rows
+    kept = [(k, r) for k, r in zip(keys, rows) if r is not SKIPPED]
+    return [k for k, _ in kept], [r for _, r in kept]
+
+
+def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
+    """A per-item operator (or ``.map`` function) in the calling thread."""
+    guard = Guard(step, step.name, failures)
+    inputs, outputs = step.inputs, step.outputs
+    preprocess = op.preprocess
+    if isinstance(op, FunctionOperator) and not op.params:
+        preprocess = op.fn  # skip the adapter's call layer on the per-row hot path
+
+    def one(key: int, row: Any) -> Any:
+        try:
+            return write_outputs(row, inputs, outputs, preprocess(*read_inputs(row, inputs)))
+        except Exception as exc:  # noqa: BLE001 - the step's policy decides
+            return guard.handle(key, row, exc)
+
+    for keys, rows in chunks:
+        if inputs is None and not guard.skip:
+            try:  # the fast path: one comprehension per chunk
+                yield keys, [preprocess(row) for row in rows]
+                continue
+            except Exception:  # noqa: BLE001 - find the failing row and raise with it
+                pass
+        yield drop_skipped(keys, [one(k, r) for k, r in zip(keys, rows)])
+
+
+def filter_rows(step: Filter, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
+    guard = Guard(step, "filter", failures)
+    for keys, rows in chunks:
+        out_keys, out_rows = [], []
+        for key, row in zip(keys, rows):
+            try:
+                keep = step.fn(*read_inputs(row, step.inputs))
+            except Exception as exc:  # noqa: BLE001
+                guard.handle(key, row, exc)
+                continue
+            if keep:
+                out_keys.append(key)
+                out_rows.append(row)
+        yield out_keys, out_rows
+
+
+def flat_map_rows(step: FlatMap, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
+    guard = Guard(step, "flat_map", failures)
+    for keys, rows in chunks:
+        out_keys: list[int] = []
+        out_rows: list[Any] = []
+        for key, row in zip(keys, rows):
+            try:
+                produced = [write_outputs(row, step.inputs, step.outputs, v) for v in step.fn(*read_inputs(row, step.inputs))]
+            except Exception as exc:  # noqa: BLE001
+                guard.handle(key, row, exc)
+                continue
+            out_keys.extend([key] * len(produced))
+            out_rows.extend(produced)
+        yield out_keys, out_rows
+
+
+def batch_rows(step: Batch, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    group_key, group = 0, []
+    for keys, rows in chunks:
+        out_keys, out_rows = [], []
+        for key, row in zip(keys, rows):
+            if not group:
+                group_key = key
+            group.append(row)
+            if len(group) == step.size:
+                out_keys.append(group_key)
+                out_rows.append(group)
+                group = []
+        yield out_keys, out_rows
+    if group:
+        yield [group_key], [group]
+
+
+def head_rows(step: Head, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    left = step.n
+    if left <= 0:
+        return
+    for keys, rows in chunks:
+        if len(rows) >= left:
+            yield keys[:left], rows[:left]
+            return
+        left -= len(rows)
+        yield keys, rows
+
+
+def project_rows(step: Project, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    cols = step.columns
+    for keys, rows in chunks:
+        if step.keep:
+            try:
+                new = [{c: row[c] for c in cols} for row in rows]
+            except KeyError as exc:
+                bad = next(row for row in rows if exc.args[0] not in row)
+                raise missing_column(exc.args[0], bad) from None
+        else:
+            new = [{k: v for k, v in row.items() if k not in cols} for row in rows]
+        yield keys, new

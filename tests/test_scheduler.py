@@ -1,0 +1,210 @@
+"""The threaded local engine: order under parallelism, batching, bucketing, failures, bounds."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+import embedflow as ef
+from embedflow.batching import Reorder, cut_window
+from embedflow.engines.local import segments
+from embedflow.errors import ItemError, PlanError
+
+
+def embedflow_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("embedflow")]
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind():
+    yield
+    deadline = time.time() + 2
+    while embedflow_threads() and time.time() < deadline:
+        time.sleep(0.01)
+    assert embedflow_threads() == []
+
+
+class Lengths(ef.Operator):
+    """Batchable, with sort_key: records what each forward() call saw."""
+
+    batchable = True
+    default_batch_size = 4
+
+    def __init__(self, jitter: bool = False):
+        self.batches: list[list[str]] = []
+        self.jitter = jitter
+
+    def preprocess(self, text):
+        if self.jitter:
+            time.sleep(random.random() / 500)
+        return text
+
+    def sort_key(self, item):
+        return len(item)
+
+    def forward(self, batch):
+        self.batches.append(list(batch))
+        return [len(t) for t in batch]
+
+
+def test_order_is_restored_after_parallel_preprocess_and_length_sorting():
+    rng = random.Random(1)
+    texts = ["x" * rng.randint(1, 60) for _ in range(500)]
+    op = Lengths(jitter=True)
+    out = ef.dc(texts).map(op, batch_size=8, workers=4).to_list()
+    assert out == [len(t) for t in texts]
+    assert max(len(b) for b in op.batches) == 8
+
+
+def test_length_bucketing_makes_batches_of_similar_length():
+    rng = random.Random(0)
+    texts = ["x" * rng.randint(1, 100) for _ in range(256)]
+    op = Lengths()
+    ef.dc(texts).map(op, batch_size=16).to_list()
+    spread_sorted = sum(max(map(len, b)) - min(map(len, b)) for b in op.batches)
+    unsorted = [texts[i : i + 16] for i in range(0, 256, 16)]
+    spread_unsorted = sum(max(map(len, b)) - min(map(len, b)) for b in unsorted)
+    assert spread_sorted < spread_unsorted / 5
+    for batch in op.batches:
+        assert [len(t) for t in batch] == sorted(len(t) for t in batch)
+
+
+def test_max_batch_tokens_caps_padded_size():
+    texts = ["x" * n for n in (50, 10, 10, 10, 10, 40, 5, 5)]
+    op = Lengths()
+    out = ef.dc(texts).map(op, batch_size=8, max_batch_tokens=60).to_list()
+    assert out == [len(t) for t in texts]
+    for batch in op.batches:
+        assert len(batch) * max(map(len, batch)) <= 60 or len(batch) == 1
+
+
+def test_cut_window_and_reorder_units():
+    assert cut_window([5, 1, 4, 2, 3], 2, key=lambda n: n) == [[1, 2], [3, 4], [5]]
+    assert cut_window([1, 2, 3], 5) == [[1, 2, 3]]
+    reorder = Reorder()
+    assert reorder.add_many([(2, "c"), (1, "b")]) == []
+    assert reorder.add(0, "a") == ["a", "b", "c"] and len(reorder) == 0
+
+
+def test_cheap_steps_fuse_into_one_stage():
+    dc = ef.dc["x"]([1]).map["x", "y"](abs).filter["y"](bool).normalize["y"]().image_decode["x", "img"]().select["img"]()
+    kinds = [(kind, len(steps)) for kind, steps in segments(dc.plan.steps)]
+    assert kinds == [("fused", 3), ("pool", 1), ("fused", 1)]
+
+
+def test_an_error_in_a_worker_thread_stops_the_run_and_reaches_the_caller():
+    started = []
+
+    def slow_then_fail(x):
+        started.append(x)
+        if x == 50:
+            raise ValueError("boom at 50")
+        return x
+
+    t0 = time.perf_counter()
+    with pytest.raises(ItemError, match="row 50.*boom at 50") as err:
+        ef.dc(range(100000)).map(slow_then_fail, workers=2).to_list()
+    assert isinstance(err.value.__cause__, ValueError)
+    assert time.perf_counter() - t0 < 10
+    assert len(started) < 100000  # stopped early, did not run everything
+
+
+def test_an_error_in_forward_and_in_the_source_reach_the_caller():
+    class Broken(ef.Operator):
+        batchable = True
+
+        def forward(self, batch):
+            raise MemoryError("device full")
+
+    with pytest.raises(ItemError, match="MemoryError: device full"):
+        ef.dc([1]).map(Broken()).to_list()
+
+    def bad_source():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        ef.dc(bad_source()).map(lambda x: x).to_list()
+
+
+def test_keyboard_interrupt_in_a_stage_is_re_raised_and_threads_end():
+    def interrupt(x):
+        if x == 3:
+            raise KeyboardInterrupt
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        ef.dc(range(100)).map(interrupt, workers=2).to_list()
+
+
+def test_stopping_iteration_early_stops_every_stage():
+    pulled = []
+
+    def numbers():
+        i = 0
+        while True:
+            pulled.append(i)
+            yield i
+            i += 1
+
+    it = iter(ef.dc(numbers()).map(str, workers=2).map(Lengths(), batch_size=2))
+    assert next(it) == 1  # len("0")
+    it.close()
+    seen = len(pulled)
+    time.sleep(0.2)
+    assert len(pulled) == seen  # nothing reads any more
+
+
+def test_queues_are_bounded_when_the_consumer_is_slow():
+    pulled = []
+
+    def numbers():
+        for i in range(100000):
+            pulled.append(i)
+            yield i
+
+    it = iter(ef.dc(numbers()).map(lambda x: x, workers=2))
+    for _ in range(10):
+        next(it)
+    time.sleep(0.3)  # give the producers time to run ahead as far as they can
+    assert len(pulled) < 3000
+    it.close()
+
+
+def test_explain_analyze_reports_every_stage():
+    text = ef.dc(["a", "bb"] * 50).map(Lengths(), batch_size=8).map(str).explain(analyze=True)
+    assert "analyzed run" in text
+    assert "preprocess" in text and "forward [cpu]" in text and "reorder" in text
+    assert "run: 100 rows" in text and "busiest stage" in text
+
+
+def test_dtype_option_is_validated_and_fp32_on_the_cpu_means_no_autocast():
+    from embedflow.devices import autocast
+
+    with pytest.raises(PlanError, match="dtype='half' is not one of"):
+        ef.dc([1]).map(Lengths(), dtype="half")
+    assert autocast("cpu", "auto")().__class__.__name__ == "nullcontext"
+    assert ef.dc(["ab"]).map(Lengths(), dtype="bf16").to_list() == [2]
+
+
+def test_cpu_models_leave_the_cores_to_torch():
+    import torch
+
+    from embedflow.engines.local import cpu_count, default_workers
+
+    replicas = {1: [("cpu", Lengths())]}
+    assert default_workers(replicas) == max(1, cpu_count() - torch.get_num_threads())
+    assert default_workers({}) == cpu_count()
+
+
+def test_progress_bar_can_be_forced_or_silenced(capsys):
+    from embedflow.progress import progress_bar
+
+    dc = ef.dc(range(3))
+    assert type(progress_bar(dc.set_progress(False).plan, None)).__name__ == "_NoBar"
+    bar = progress_bar(dc.plan, True)
+    assert bar.total == 3
+    bar.close()
