@@ -7,7 +7,7 @@ peaks should be nearly equal. The images are real photo crops (from the bundled 
 small so that 20,000 of them run in about a minute; the model is tiny for the same reason —
 the point is the queues, not the model.
 
-    python benchmarks/bench_memory.py [--sizes 2000 20000] [--model test_efficientnet]
+    python benchmarks/bench_memory.py [--sizes 2000 20000] [--model test_efficientnet] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ PHOTOS = HERE.parent / "data" / "images"
 CHILD = """
 import json, resource, sys, time
 import embedflow as ef
-folder, out, model = sys.argv[1], sys.argv[2], sys.argv[3]
+folder, out, model, device = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 start = time.perf_counter()
 (ef.glob["path"](folder + "/*.jpg")
    .image_decode["path", "img"]()
-   .image_embedding.timm["img", "vec"](model_name=model, pretrained=False)
+   .image_embedding.timm["img", "vec"](model_name=model, pretrained=False, device=device)
    .select["path", "vec"]()
    .set_progress(False)
    .to_parquet(out))
@@ -64,6 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--model", default="test_efficientnet")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     rows = []
@@ -75,13 +76,13 @@ def main() -> int:
             make_images(folder, size)
             made = time.perf_counter() - t0
             out = Path(tmp) / f"v{size}.parquet"
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(out), args.model], capture_output=True, text=True, check=True)
+            proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(out), args.model, args.device], capture_output=True, text=True, check=True)
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             peaks[size] = result["peak_mib"]
             rows.append([f"{size:,}", f"{result['seconds']:.1f}", f"{size / result['seconds']:.0f}", f"{result['peak_mib']:.0f}", f"{result['peak_mib'] / peaks[args.sizes[0]]:.2f}"])
             print(f"{size} images: {result} (images made in {made:.0f}s)", file=sys.stderr)
     report(
-        f"Memory: streaming images to Parquet ({args.model}, random weights)",
+        f"Memory: streaming images to Parquet ({args.model}, random weights, {args.device})",
         table(["images", "seconds", "images/s", "peak RSS MiB", f"× peak at {args.sizes[0]:,}"], rows),
         ["each size in a fresh process; peak = ru_maxrss (includes torch and the model)",
          "target: peak at 20,000 ≤ 1.2× the peak at 2,000"],

@@ -95,7 +95,6 @@ def main() -> int:
     subset = texts[: args.naive_items]
     t_naive, v_naive = timed(lambda: naive_loop(tokenizer, model, subset, args.device, fp16), max(1, args.repeats - 1))
 
-    ours = results["embedflow"][1]
     reference = results["sentence-transformers encode"][1]
     rows = []
     rate_ours = len(texts) / results["embedflow"][0]

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .collection import DataCollection, dc, glob, read_csv, read_jsonl, read_parquet, read_text
+from .collection import DataCollection
 from .errors import (
     ColumnError,
     EmbedflowError,
@@ -19,6 +19,7 @@ from .errors import (
 )
 from .models import resolve_model
 from .operator import Operator
+from .readers import dc, glob, read_csv, read_jsonl, read_parquet, read_text
 from .registry import get_operator, list_operators, register
 
 __version__ = "0.1.0"

@@ -14,7 +14,6 @@ and bad parameters fail when the chain is built.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -22,132 +21,17 @@ from typing import Any
 
 from . import registry
 from .binding import bind_operator
+from .dispatch import OperatorRef
 from .engines import ENGINES, get_engine
 from .errors import ColumnError, ParameterError, PlanError, UnknownOperatorError, did_you_mean
 from .failures import FailureLog
-from .progress import progress_bar
-from .scheduler import RunStats
-from .io import sources
 from .operator import FunctionOperator, Operator, is_operator_class
 from .plan import EXECUTION_OPTIONS, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step, check_device
-
-Selectors = tuple[tuple[str, ...] | None, tuple[str, ...] | None]
-
-
-# --------------------------------------------------------------------------- selectors
-def _names(part: Any, where: str) -> tuple[str, ...]:
-    names = (part,) if isinstance(part, str) else tuple(part) if isinstance(part, (tuple, list)) else None
-    if not names or not all(isinstance(n, str) and n for n in names):
-        msg = f"{where}: selector {part!r} must be a column name or a tuple of column names"
-        raise ColumnError(msg)
-    return names
+from .progress import progress_bar
+from .scheduler import RunStats
+from .selectors import Selectable, column_list, io_selectors
 
 
-def io_selectors(key: Any, where: str) -> Selectors:
-    """``["in", "out"]``, ``["col"]`` or ``[("a", "b"), "c"]`` -> (inputs, outputs).
-
-    >>> io_selectors(("path", "img"), "image_decode")
-    (('path',), ('img',))
-    """
-    parts = key if isinstance(key, tuple) else (key,)
-    if len(parts) == 1:
-        return _names(parts[0], where), None
-    if len(parts) == 2:
-        return _names(parts[0], where), _names(parts[1], where)
-    msg = (
-        f"{where}[{', '.join(map(repr, parts))}]: give at most an input and an output selector; "
-        "group several columns in tuples, e.g. op[('a', 'b'), 'c']"
-    )
-    raise ColumnError(msg)
-
-
-def column_list(key: Any, where: str) -> tuple[str, ...]:
-    """``["a", "b"]`` -> ("a", "b") for steps that only take column names (select, sources)."""
-    parts = key if isinstance(key, tuple) else (key,)
-    out: list[str] = []
-    for part in parts:
-        out.extend(_names(part, where))
-    return tuple(out)
-
-
-class _Selectable:
-    """Makes a method usable as ``dc.m(...)`` and ``dc.m["a", "b"](...)``."""
-
-    def __init__(self, method: Callable[..., Any]):
-        self.method = method
-        functools.update_wrapper(self, method)
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        if obj is None:
-            return self
-        return _BoundSelectable(obj, self.method)
-
-
-class _BoundSelectable:
-    __slots__ = ("_owner", "_method", "_key", "__doc__")
-
-    def __init__(self, owner: Any, method: Callable[..., Any], key: Any = None):
-        self._owner, self._method, self._key = owner, method, key
-        self.__doc__ = method.__doc__
-
-    def __getitem__(self, key: Any) -> _BoundSelectable:
-        return _BoundSelectable(self._owner, self._method, key)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method(self._owner, *args, _key=self._key, **kwargs)
-
-    def __repr__(self) -> str:
-        sel = f"[{self._key!r}]" if self._key is not None else ""
-        return f"<step {self._method.__name__}{sel} of {type(self._owner).__name__}>"
-
-
-# --------------------------------------------------------------------------- operator refs
-class OperatorRef:
-    """What ``dc.<name>`` returns: call it to append the operator, index it to select columns,
-    or take an attribute to go down a namespace (``dc.image_embedding.timm``)."""
-
-    __slots__ = ("_dc", "_name", "_key")
-
-    def __init__(self, dc: DataCollection, name: str, key: Any = None):
-        self._dc, self._name, self._key = dc, name, key
-
-    def __getattr__(self, part: str) -> OperatorRef:
-        if part.startswith("_"):
-            raise AttributeError(part)
-        full = f"{self._name}.{part}"
-        if registry.is_operator(full) or registry.is_namespace(full):
-            return OperatorRef(self._dc, full)
-        members = registry.children(self._name)
-        hint = did_you_mean(part, members)
-        msg = (
-            f"unknown operator {full!r}.{hint} The namespace {self._name!r} has: "
-            f"{', '.join(members) or 'nothing'}. See embedflow.list_operators('{self._name}.*')."
-        )
-        raise UnknownOperatorError(msg)
-
-    def __getitem__(self, key: Any) -> OperatorRef:
-        return OperatorRef(self._dc, self._name, key)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> DataCollection:
-        if not registry.is_operator(self._name):
-            members = ", ".join(registry.children(self._name))
-            msg = f"{self._name!r} is a namespace, not an operator: pick one of its operators ({members}), e.g. dc.{self._name}.{registry.children(self._name)[0]}(...)"
-            raise UnknownOperatorError(msg)
-        if args:
-            msg = f"{self._name}(): operator parameters are keyword arguments, got positional {args!r}"
-            raise ParameterError(msg)
-        return self._dc._apply(self._name, kwargs, self._key)
-
-    def __dir__(self) -> list[str]:
-        return registry.children(self._name)
-
-    def __repr__(self) -> str:
-        if registry.is_operator(self._name):
-            return f"<operator {self._name!r} from {registry.operator_source(self._name)}>"
-        return f"<operator namespace {self._name!r}: {', '.join(registry.children(self._name))}>"
-
-
-# --------------------------------------------------------------------------- the collection
 class DataCollection:
     """A lazy, immutable chain of steps; create one with ``ef.dc``, ``ef.glob`` or a reader.
 
@@ -250,7 +134,7 @@ class DataCollection:
         return sorted(set(own) | set(registry.children("")))
 
     # ---- generic steps -----------------------------------------------------------------
-    @_Selectable
+    @Selectable
     def map(self, fn: Callable[..., Any] | Operator, *, _key: Any = None, **options: Any) -> DataCollection:
         """Apply ``fn`` to each row (or to the selected columns) and keep what it returns.
 
@@ -275,7 +159,7 @@ class DataCollection:
         obj = fn if isinstance(fn, Operator) or is_operator_class(fn) else FunctionOperator(fn)
         return self._apply("map", options, _key, obj=obj)
 
-    @_Selectable
+    @Selectable
     def filter(self, fn: Callable[..., Any], *, _key: Any = None) -> DataCollection:
         """Keep the rows for which ``fn(row)`` (or ``fn(*selected columns)``) is true.
 
@@ -287,7 +171,7 @@ class DataCollection:
         self._check_inputs("filter", inputs)
         return self._with(Filter(fn=fn, inputs=inputs, on_error=self._on_error))
 
-    @_Selectable
+    @Selectable
     def flat_map(self, fn: Callable[..., Iterable[Any]], *, _key: Any = None) -> DataCollection:
         """Replace each row with every item of the iterable ``fn`` returns for it.
 
@@ -324,7 +208,7 @@ class DataCollection:
             raise PlanError(msg)
         return self._with(Head(n=n, on_error=self._on_error))
 
-    @_Selectable
+    @Selectable
     def select(self, *, _key: Any = None) -> DataCollection:
         """Keep only the named columns, in that order: ``dc.select["path", "vec"]()``.
 
@@ -335,7 +219,7 @@ class DataCollection:
         cols = self._project_columns("select", _key)
         return self._with(Project(columns=cols, keep=True, on_error=self._on_error), columns=cols)
 
-    @_Selectable
+    @Selectable
     def exclude(self, *, _key: Any = None) -> DataCollection:
         """Drop the named columns: ``dc.exclude["img"]()``.
 
@@ -526,100 +410,3 @@ class DataCollection:
             msg = "to_pandas() needs pandas, which is not installed: pip install pandas (or use to_arrow())"
             raise ImportError(msg) from exc
         return self.to_arrow().to_pandas()
-
-
-# --------------------------------------------------------------------------- sources
-class _SourceFactory:
-    """``ef.glob("*.jpg")`` and ``ef.glob["path"]("*.jpg")``: a source with optional column names."""
-
-    def __init__(self, make: Callable[..., Source], doc: str, name: str, always_named: bool = False):
-        self._make, self.__doc__, self.__name__ = make, doc, name
-        self._always_named = always_named
-        self._columns: tuple[str, ...] | None = None
-
-    def __getitem__(self, key: Any) -> _SourceFactory:
-        bound = _SourceFactory(self._make, self.__doc__ or "", self.__name__, self._always_named)
-        bound._columns = column_list(key, self.__name__)
-        return bound
-
-    def __call__(self, *args: Any, **kwargs: Any) -> DataCollection:
-        source = self._make(*args, columns=self._columns, **kwargs)
-        return DataCollection.from_source(source)
-
-    def __repr__(self) -> str:
-        cols = f"[{', '.join(map(repr, self._columns))}]" if self._columns else ""
-        return f"<embedflow source {self.__name__}{cols}>"
-
-
-def _dc(iterable: Iterable[Any], columns: tuple[str, ...] | None = None) -> Source:
-    if isinstance(iterable, (str, bytes)) is False and not hasattr(iterable, "__iter__"):
-        msg = f"dc() needs an iterable, got {type(iterable).__name__}"
-        raise TypeError(msg)
-    return sources.from_iterable(iterable, columns)
-
-
-def _glob(*patterns: str, columns: tuple[str, ...] | None = None) -> Source:
-    return sources.from_glob(patterns, columns)
-
-
-def _file_source(fn: Callable[..., Source]) -> Callable[..., Source]:
-    def make(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
-        return fn(path, columns)
-
-    return make
-
-
-dc = _SourceFactory(_dc, """A collection over any iterable: one row per item.
-
-``ef.dc["text"](items)`` names the column (rows become dicts); several names unpack tuples.
-
->>> import embedflow as ef
->>> ef.dc(["a", "b"]).to_list()
-['a', 'b']
->>> ef.dc["x", "y"]([(1, 2)]).to_list()
-[{'x': 1, 'y': 2}]
-""", "dc")
-
-glob = _SourceFactory(_glob, """File paths matching the patterns, sorted; ``**`` is recursive.
-
->>> import embedflow as ef, tempfile, pathlib
->>> d = pathlib.Path(tempfile.mkdtemp()); (d / "a.txt").write_text("x")
-1
->>> [pathlib.Path(p).name for p in ef.glob(str(d / "*.txt"))]
-['a.txt']
-""", "glob")
-
-read_text = _SourceFactory(_file_source(sources.from_text), """One row per line of a UTF-8 text file.
-
-``ef.read_text["text"](path)`` names the column.
-
->>> import embedflow as ef, tempfile, pathlib
->>> p = pathlib.Path(tempfile.mkdtemp()) / "t.txt"; _ = p.write_text("a\\nb\\n")
->>> ef.read_text(p).to_list()
-['a', 'b']
-""", "read_text")
-
-read_jsonl = _SourceFactory(_file_source(sources.from_jsonl), """Rows of a JSON-lines file (always named).
-
->>> import embedflow as ef, tempfile, pathlib
->>> p = pathlib.Path(tempfile.mkdtemp()) / "t.jsonl"; _ = p.write_text('{"a": 1}\\n')
->>> ef.read_jsonl(p).to_list()
-[{'a': 1}]
-""", "read_jsonl", always_named=True)
-
-read_csv = _SourceFactory(_file_source(sources.from_csv), """Rows of a CSV file with a header (always named).
-
->>> import embedflow as ef, tempfile, pathlib
->>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"; _ = p.write_text("a,b\\n1,2\\n")
->>> ef.read_csv(p).to_list()
-[{'a': '1', 'b': '2'}]
-""", "read_csv", always_named=True)
-
-read_parquet = _SourceFactory(_file_source(sources.from_parquet), """Rows of a Parquet file (always named).
-
->>> import embedflow as ef, tempfile, os
->>> p = os.path.join(tempfile.mkdtemp(), "t.parquet")
->>> _ = ef.dc["n"]([1, 2]).to_parquet(p)
->>> ef.read_parquet(p).to_list()
-[{'n': 1}, {'n': 2}]
-""", "read_parquet", always_named=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +44,11 @@ class Failure:
 
 
 class FailureLog:
-    """Collects the failures of one run and sends each to ``target``."""
+    """Collects the failures of one run and sends each to ``target``.
+
+    Safe to call from several threads. Records arrive in the order failures happen, which for
+    a step running on a thread pool need not be row order: each record carries its row.
+    """
 
     def __init__(self, target: Any = None):
         if target is not None and not (isinstance(target, (list, str, os.PathLike)) or callable(target)):
@@ -52,8 +57,13 @@ class FailureLog:
         self.target = target
         self.count = 0
         self._file: IO[str] | None = None
+        self._lock = threading.Lock()
 
     def record(self, failure: Failure) -> None:
+        with self._lock:
+            self._record(failure)
+
+    def _record(self, failure: Failure) -> None:
         self.count += 1
         logger.warning(
             "skipped row %s in %s: %s: %s (input %s)",

@@ -30,6 +30,9 @@ class Operator:
       ``"cpu"`` or ``"cuda:0"``). Called before the first item.
     * ``preprocess(*inputs)`` — CPU work for one item (decode, tokenize); must be thread-safe.
       Receives one positional argument per input column.
+    * ``preprocess_batch(list_of_input_tuples) -> list`` — optional: prepare several items
+      in one call (a fast tokenizer's ``encode_batch``); must equal ``preprocess`` item by item.
+      If it raises, the engine falls back to ``preprocess`` per item to find the bad one.
     * ``sort_key(prepared) -> int`` — optional: the size of a prepared item (token count) so
       batches of similar size pad little.
     * ``collate(prepared_items)`` — turn a list of prepared items into one batch (default:

@@ -208,3 +208,33 @@ def test_progress_bar_can_be_forced_or_silenced(capsys):
     bar = progress_bar(dc.plan, True)
     assert bar.total == 3
     bar.close()
+
+
+class Doubler(ef.Operator):
+    """Batchable with preprocess_batch; 'bad' fails in both paths."""
+
+    batchable = True
+
+    def __init__(self):
+        self.batch_calls = 0
+
+    def preprocess(self, x):
+        if x == "bad":
+            raise ValueError("bad item")
+        return x * 2
+
+    def preprocess_batch(self, inputs):
+        self.batch_calls += 1
+        return [self.preprocess(*args) for args in inputs]
+
+
+def test_preprocess_batch_is_used_and_falls_back_item_by_item():
+    op = Doubler()
+    assert ef.dc(["a", "b", "c"]).map(op, batch_size=2).to_list() == ["aa", "bb", "cc"]
+    assert op.batch_calls >= 1
+    failed = []
+    with pytest.warns(UserWarning, match="1 item"):
+        out = ef.dc(["a", "bad", "c"]).safe(errors=failed).map(Doubler(), batch_size=4).to_list()
+    assert out == ["aa", "cc"] and failed[0]["row"] == 1
+    with pytest.raises(ItemError, match="row 1 .*bad item"):
+        ef.dc(["a", "bad", "c"]).map(Doubler(), batch_size=4).to_list()

@@ -32,8 +32,8 @@ from ..errors import EmbedflowError
 from ..failures import FailureLog
 from ..operator import Operator
 from ..plan import Apply, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step
-from ..scheduler import END, Channel, Run, RunStats, StageStats
 from ..rows import read_inputs, write_outputs
+from ..scheduler import END, Channel, Run, RunStats, StageStats
 from .base import Engine
 from .steps import Chunk, Guard, apply_items, batch_rows, drop_skipped, filter_rows, flat_map_rows, head_rows, project_rows
 

@@ -17,7 +17,7 @@ bad input is named (or skipped under ``.safe()``) and the good ones are kept.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..batching import Reorder, cut_window
@@ -55,7 +55,10 @@ def start_model_stage(step: Apply, replicas: list[tuple[str, Operator]], default
     workers = step.options.workers or default_workers
     pin_memory = any(d.startswith("cuda") for d, _ in replicas)
 
-    prepared = run.channel(f"{step.name}/prepared", min(window, 4 * size) + size)
+    # items go to the pool in tasks of a few, not one by one: per-item queue hops would cap a
+    # GPU pipeline near 100,000 items/s, and preprocess_batch (fast tokenizers) wants lists
+    task = max(1, min(64, -(-size // workers)))
+    prepared = run.channel(f"{step.name}/prepared", -(-(min(window, 4 * size) + size) // task))
     batches = run.channel(f"{step.name}/batches", PREFETCH_BATCHES * len(replicas))
     done = run.channel(f"{step.name}/done", 2 * len(replicas) + 2)
     s_prep = run.stage_stats(f"{step.name} preprocess ({workers} threads)")
@@ -66,14 +69,28 @@ def start_model_stage(step: Apply, replicas: list[tuple[str, Operator]], default
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix=f"embedflow-{step.name}")
     run.cleanups.append(lambda: pool.shutdown(wait=True, cancel_futures=True))
+    many = getattr(op, "preprocess_batch", None)
 
-    def preprocess(key: int, row: Any) -> Any:
-        t0 = time.perf_counter()
+    def prepare_one(key: int, row: Any) -> Any:
         try:
             item = op.preprocess(*read_inputs(row, step.inputs))
             return item, (sort_key(item) if sort_key is not None else 0)
         except Exception as exc:  # noqa: BLE001
             return guard.handle(key, row, exc)
+
+    def prepare_task(keys: list[int], rows: list[Any]) -> list[Any]:
+        """Prepared (item, size) pairs, or SKIPPED, for a few rows; preprocess_batch first,
+        item by item when it is missing or fails (to name or skip the bad one)."""
+        t0 = time.perf_counter()
+        try:
+            if many is not None:
+                try:
+                    items = many([read_inputs(row, step.inputs) for row in rows])
+                    if len(items) == len(rows):
+                        return [(it, sort_key(it) if sort_key is not None else 0) for it in items]
+                except Exception:  # noqa: BLE001, S110 - retried item by item below
+                    pass
+            return [prepare_one(key, row) for key, row in zip(keys, rows)]
         finally:
             s_prep.busy += time.perf_counter() - t0
 
@@ -85,13 +102,14 @@ def start_model_stage(step: Apply, replicas: list[tuple[str, Operator]], default
                 chunk = inbox.get(s_prep)
                 if chunk is END:
                     break
-                keys, rows = chunk
+                keys, rows = list(chunk[0]), chunk[1]
                 s_prep.items_in += len(rows)
-                for key, row in zip(keys, rows):
-                    if not prepared.put((seq, key, row, pool.submit(preprocess, key, row)), s_prep):
+                for start in range(0, len(rows), task):
+                    k, r = keys[start : start + task], rows[start : start + task]
+                    if not prepared.put((seq, k, r, pool.submit(prepare_task, k, r)), s_prep):
                         return
-                    seq += 1
-                    s_prep.items_out += 1
+                    seq += len(r)
+                    s_prep.items_out += len(r)
             prepared.finish()
         finally:
             inbox.close()
@@ -116,18 +134,22 @@ def start_model_stage(step: Apply, replicas: list[tuple[str, Operator]], default
             entry = prepared.get(s_batch)
             if entry is END:
                 break
-            seq, key, row, future = entry
+            first, keys, rows, future = entry
             t0 = time.perf_counter()
-            item = _result(future)
+            results = future.result()
             s_batch.wait_in += time.perf_counter() - t0  # waiting for the pool is waiting for input
-            s_batch.items_in += 1
-            if item is SKIPPED:
-                done.put(([(seq, SKIPPED)], None), s_batch)
-                continue
-            items.append((seq, key, row, item))
-            if len(items) >= window:
-                flush(items)
-                items = []
+            s_batch.items_in += len(rows)
+            skipped = []
+            for seq, key, row, item in zip(range(first, first + len(rows)), keys, rows, results):
+                if item is SKIPPED:
+                    skipped.append((seq, SKIPPED))
+                    continue
+                items.append((seq, key, row, item))
+                if len(items) >= window:
+                    flush(items)
+                    items = []
+            if skipped:
+                done.put((skipped, None), s_batch)
         if items:
             flush(items)
         for _ in replicas:
@@ -207,10 +229,6 @@ def start_model_stage(step: Apply, replicas: list[tuple[str, Operator]], default
     for (device, replica), stats in zip(replicas, s_fwd):
         run.start(f"{step.name}-forward-{device}", lambda d=device, r=replica, s=stats: forward_loop(d, r, s))
     run.start(f"{step.name}-collect", collect_loop)
-
-
-def _result(future: Future[Any]) -> Any:
-    return future.result()
 
 
 def _one_by_one(group: list[tuple[int, int, Any, Any]], exc: Exception, run_batch: Any, replica: Operator, guard: Guard) -> list[Any]:

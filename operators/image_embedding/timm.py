@@ -27,6 +27,9 @@ class TimmImageEmbedding(Operator):
             one serves ``model_name`` (offline), else timm's own cache or the hub.
         checkpoint_path: a local checkpoint (``.pth`` / ``.safetensors``) to load instead;
             read with ``weights_only=True``.
+        channels_last: run in the channels-last memory layout; default: on for models with
+            2-D convolutions (+21% images/s for resnet18 on a 2-core CPU, and the layout GPU
+            tensor cores want), off otherwise. The values are the same up to float rounding.
         **create_kwargs: passed to ``timm.create_model`` (e.g. ``drop_rate``, ``in_chans``).
 
     Preprocessing is timm's own eval transform for the model (``resolve_data_config`` +
@@ -37,7 +40,14 @@ class TimmImageEmbedding(Operator):
     batchable = True
     default_batch_size = 16
 
-    def __init__(self, model_name: str, pretrained: bool = True, checkpoint_path: str | None = None, **create_kwargs: Any):
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: bool = True,
+        checkpoint_path: str | None = None,
+        channels_last: bool | None = None,
+        **create_kwargs: Any,
+    ):
         import timm
 
         if not isinstance(model_name, str) or not timm.is_model(model_name.split(".")[0]):
@@ -50,10 +60,12 @@ class TimmImageEmbedding(Operator):
         self.model_name = model_name
         self.pretrained = bool(pretrained)
         self.checkpoint_path = checkpoint_path
+        self.channels_last = channels_last
         self.create_kwargs = create_kwargs
 
     def setup(self, device: str) -> None:
         import timm
+        import torch
         from timm.data import create_transform, resolve_data_config
 
         checkpoint = self.checkpoint_path
@@ -75,6 +87,10 @@ class TimmImageEmbedding(Operator):
             raise OSError(msg) from exc
         if checkpoint is not None:
             timm.models.load_checkpoint(model, str(checkpoint), weights_only=True, strict=not self._head_changed(model))
+        if self.channels_last is None:
+            self.channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model.to(device).eval()
         self.transform = create_transform(**resolve_data_config({}, model=model))
 
@@ -92,6 +108,12 @@ class TimmImageEmbedding(Operator):
         elif image.mode != "RGB":
             image = Image.fromarray(decode_image(image))
         return self.transform(image)
+
+    def collate(self, items: list[Any]) -> Any:
+        import torch
+
+        batch = torch.stack(items)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def forward(self, batch: Any) -> Any:
         return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)

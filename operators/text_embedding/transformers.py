@@ -126,6 +126,20 @@ class TransformersTextEmbedding(Operator):
             enc = self.tokenizer(text, truncation=True, max_length=self.limit)
         return {k: list(enc[k]) for k in self.input_names if k in enc}
 
+    def preprocess_batch(self, inputs: list[tuple[Any, ...]]) -> list[dict[str, list[int]]]:
+        """Tokenize several texts in one call of the Rust tokenizer (its own threads)."""
+        texts = [args[0] for args in inputs]
+        if self._fast is None or not all(isinstance(t, str) for t in texts):
+            return [self.preprocess(t) for t in texts]
+        with_types = "token_type_ids" in self.input_names
+        out = []
+        for enc in self._fast.encode_batch(texts):
+            item = {"input_ids": enc.ids, "attention_mask": enc.attention_mask}
+            if with_types:
+                item["token_type_ids"] = enc.type_ids
+            out.append(item)
+        return out
+
     def sort_key(self, item: dict[str, list[int]]) -> int:
         return len(item["input_ids"])
 

@@ -147,7 +147,7 @@ def test_safe_keeps_good_images_among_broken_ones(tmp_path, sample_images):
     with pytest.warns(UserWarning, match="2 item"):
         rows = ef.dc["path"](paths).safe(errors=failed).image_decode["path", "img"]().to_list()
     assert [r["path"] for r in rows] == [sample_images[0], sample_images[1]]
-    assert [f["row"] for f in failed] == [1, 2]
+    assert sorted(f["row"] for f in failed) == [1, 2]  # decoded in parallel: any order
     assert all(f["step"] == "image_decode" for f in failed)
 
 

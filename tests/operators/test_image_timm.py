@@ -100,3 +100,13 @@ def test_pretrained_weights_unavailable_offline_explain_the_choices(monkeypatch)
 def test_extra_keyword_arguments_go_to_create_model():
     vec = ef.dc([np.zeros((32, 32, 3), np.uint8)]).image_embedding.timm(model_name="resnet18", pretrained=False, drop_rate=0.5).to_list()[0]
     assert vec.shape == (512,)
+
+
+def test_channels_last_is_on_for_conv_nets_and_gives_the_same_vectors(resnet_checkpoint, sample_images):
+    path, _model = resnet_checkpoint
+    op = dict(model_name="resnet18", pretrained=False, checkpoint_path=str(path))
+    auto = ef.dc(sample_images[:4]).image_embedding.timm(**op)
+    plain = ef.dc(sample_images[:4]).image_embedding.timm(channels_last=False, **op)
+    np.testing.assert_allclose(auto.to_numpy(), plain.to_numpy(), rtol=1e-4, atol=1e-5)
+    assert auto.plan.steps[0].ready["cpu"].channels_last is True
+    assert plain.plan.steps[0].ready["cpu"].channels_last is False

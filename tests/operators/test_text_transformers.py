@@ -117,3 +117,11 @@ def test_named_columns_and_laziness():
     assert "text -> vec" in dc.explain()
     rows = dc.to_list()
     assert [r["text"] for r in rows] == ["a b", "c"] and rows[0]["vec"].shape == (384,)
+
+
+def test_batch_tokenization_equals_item_by_item(sample_texts):
+    step = ef.dc(["x"]).text_embedding.transformers(model_name=MINILM).plan.steps[0]
+    op = step.operator
+    op.setup("cpu")
+    texts = sample_texts[:10] + [" ".join(sample_texts)]  # the last one is truncated
+    assert op.preprocess_batch([(t,) for t in texts]) == [op.preprocess(t) for t in texts]
