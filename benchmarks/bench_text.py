@@ -1,7 +1,7 @@
 """Text embedding speed: embedflow vs sentence-transformers vs hand-written loops (MiniLM).
 
 Compares, side by side in one run, on 2,000 real sentences of varied length
-(``benchmarks/data/sentences_2000.txt``: sentences from Python's standard-library docstrings):
+(``data/texts/python_docs.txt``: sentences from Python's standard-library docstrings):
 
 * embedflow: ``ef.dc(texts).text_embedding.transformers(...).normalize().to_numpy()``
 * sentence-transformers ``encode(batch_size=B, normalize_embeddings=True)``
@@ -65,7 +65,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=2000)
     args = parser.parse_args()
 
-    texts = (HERE / "data" / "sentences_2000.txt").read_text(encoding="utf-8").splitlines()[: args.limit]
+    texts = (HERE.parent / "data" / "texts" / "python_docs.txt").read_text(encoding="utf-8").splitlines()[: args.limit]
     fp16 = args.device.startswith("cuda")
     bs = args.batch_size
 

@@ -19,6 +19,7 @@ from .errors import (
 )
 from .models import resolve_model
 from .operator import Operator
+from .pipeline import load_pipeline
 from .readers import dc, glob, read_csv, read_jsonl, read_parquet, read_text
 from .registry import get_operator, list_operators, register
 
@@ -39,6 +40,7 @@ __all__ = [
     "get_operator",
     "glob",
     "list_operators",
+    "load_pipeline",
     "read_csv",
     "read_jsonl",
     "read_parquet",

@@ -1,7 +1,12 @@
 """The ``embedflow`` command line.
 
-``embedflow ops [PATTERN]`` lists operators with a one-line summary and the package providing
-each; ``embedflow ops NAME`` shows one operator's parameters and documentation.
+* ``embedflow run FILE [--param k=v ...] [--device D] [--engine local|ray] [--limit N]
+  [--no-resume] [--quiet]`` runs a pipeline file to its sink (resuming an interrupted run);
+* ``embedflow explain FILE`` prints its plan; ``embedflow validate FILE`` checks it;
+* ``embedflow ops [PATTERN]`` lists operators with a one-line summary and the package
+  providing each; ``embedflow ops NAME`` shows one operator's parameters and documentation.
+
+Exit codes: 0 ok, 1 the run failed, 2 bad usage or an invalid file, 130 interrupted.
 
 >>> from embedflow.cli import main
 >>> main(["ops", "normalize"])  # doctest: +ELLIPSIS
@@ -53,6 +58,65 @@ def _cmd_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _params(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            msg = f"--param {pair!r}: write it as name=value"
+            raise UsageError(msg)
+        out[key.strip()] = value
+    return out
+
+
+class UsageError(EmbedflowError):
+    """A command-line mistake (exit code 2)."""
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .pipeline import read_pipeline
+
+    pipeline = read_pipeline(args.file, **_params(args.param))
+    steps = len(pipeline.collection.plan.steps)
+    sink = f"{pipeline.sink.kind} {pipeline.sink.path}" if pipeline.sink else "no sink"
+    print(f"{args.file}: ok — {pipeline.name}: {steps} step(s), sink {sink}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .pipeline import read_pipeline
+
+    pipeline = read_pipeline(args.file, **_params(args.param))
+    print(pipeline.collection.explain())
+    if pipeline.sink is not None:
+        cols = f" columns {', '.join(pipeline.sink.columns)}" if pipeline.sink.columns else ""
+        print(f"  sink    {pipeline.sink.kind} {pipeline.sink.path}{cols}  (on_error: {pipeline.on_error})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .pipeline import read_pipeline
+    from .runner import run_pipeline
+
+    pipeline = read_pipeline(args.file, **_params(args.param))
+    if not args.quiet:
+        print(f"embedflow: running {pipeline.name} ({args.file})", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*failed and were skipped")  # the summary says it
+        summary = run_pipeline(
+            pipeline,
+            device=args.device,
+            engine=args.engine,
+            limit=args.limit,
+            resume=not args.no_resume,
+            progress=False if args.quiet else None,
+        )
+    print(summary.line())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``embedflow`` command."""
     parser = argparse.ArgumentParser(prog="embedflow", description="Turn data into embedding vectors.")
@@ -61,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     ops = sub.add_parser("ops", help="list operators, or show one operator's parameters")
     ops.add_argument("pattern", nargs="?", help="an operator name, a prefix, or a glob such as 'image_*'")
     ops.set_defaults(func=_cmd_ops)
+
+    run = sub.add_parser("run", help="run a pipeline file to its sink (resumes an interrupted run)")
+    run.add_argument("file", help="the pipeline YAML file")
+    run.add_argument("--param", action="append", default=[], metavar="K=V", help="override a parameter (repeatable)")
+    run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the file's, else auto)")
+    run.add_argument("--engine", choices=["local", "ray"], help="the engine (default local)")
+    run.add_argument("--limit", type=int, help="only the first N source rows")
+    run.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    for name, func, text in (("explain", _cmd_explain, "print a pipeline's plan; nothing runs"), ("validate", _cmd_validate, "check a pipeline file, its operators and parameters")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("file", help="the pipeline YAML file")
+        cmd.add_argument("--param", action="append", default=[], metavar="K=V", help="override a parameter (repeatable)")
+        cmd.set_defaults(func=func)
     return parser
 
 
@@ -68,12 +148,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``embedflow`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .yaml_loader import PipelineError
+
     try:
         return int(args.func(args))
+    except (PipelineError, UsageError) as exc:
+        print(f"embedflow: {exc}", file=sys.stderr)
+        return 2
     except EmbedflowError as exc:
         print(f"embedflow: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("embedflow: interrupted; finished rows are saved — run the same command to resume", file=sys.stderr)
         return 130
 
 

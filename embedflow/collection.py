@@ -310,6 +310,28 @@ class DataCollection:
         """
         return self._with(plan=replace(self._plan, progress=show))
 
+    def to_yaml(self, path: str | os.PathLike[str] | None = None, *, name: str = "pipeline", sink: dict[str, Any] | None = None) -> str:
+        """The chain as a YAML pipeline (written to ``path`` when given); ``embedflow run`` or
+        ``ef.load_pipeline`` build the same plan from it.
+
+        >>> import embedflow as ef
+        >>> print(ef.read_text["text"]("t.txt").normalize["text"]().to_yaml())  # doctest: +NORMALIZE_WHITESPACE
+        name: pipeline
+        source:
+          read_text: t.txt
+          column: text
+        steps:
+        - op: normalize
+          in: text
+        """
+        from .pipeline import collection_to_yaml
+
+        text = collection_to_yaml(self, name=name, sink=sink)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
+
     def __repr__(self) -> str:
         return f"<DataCollection: {len(self._plan.steps)} step(s), lazy>\n{self.explain()}"
 
@@ -318,20 +340,25 @@ class DataCollection:
         raise TypeError(msg)
 
     # ---- sinks -------------------------------------------------------------------------
-    def _chunks(self, stats: RunStats | None = None, progress: bool | None = None) -> Iterator[list[Any]]:
-        """Run the plan and yield chunks of output rows; the run's failures are recorded."""
+    def _keyed_chunks(self, stats: RunStats | None = None, progress: bool | None = None) -> Iterator[tuple[Any, list[Any]]]:
+        """Run the plan and yield ``(source row numbers, rows)``; failures are recorded."""
         engine = get_engine(self._plan.engine)
         failures = FailureLog(self._plan.errors)
         run = engine.execute(self._plan, failures, stats)
         bar = progress_bar(self._plan, self._plan.progress if progress is None else progress)
         try:
-            for rows in run:
+            for keys, rows in run:
                 bar.update(len(rows))
-                yield rows
+                yield keys, rows
         finally:
             run.close()
             bar.close()
             failures.close()
+
+    def _chunks(self, stats: RunStats | None = None, progress: bool | None = None) -> Iterator[list[Any]]:
+        """Run the plan and yield chunks of output rows."""
+        for _keys, rows in self._keyed_chunks(stats, progress):
+            yield rows
 
     def __iter__(self) -> Iterator[Any]:
         """Run the plan and yield rows one by one (dicts in named mode)."""

@@ -74,6 +74,8 @@ class Source:
     open: Callable[[], Iterator[Any]] = field(repr=False, compare=False)
     named: bool = False
     columns: tuple[str, ...] | None = None  # known column names in named mode, else None
+    spec: dict[str, Any] | None = field(default=None, compare=False)  # its YAML form, if any
+    keyed: bool = False  # open() yields (row number, row) pairs instead of rows (resumed runs)
 
     def describe(self) -> str:
         cols = f" -> {', '.join(self.columns)}" if self.named and self.columns else ""

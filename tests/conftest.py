@@ -60,3 +60,11 @@ def no_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield
+
+
+def write_fake_distribution(root: Path, name: str, entry_points: str, group: str = "embedflow.operators") -> None:
+    """A dist-info folder on sys.path is all importlib.metadata needs (as pluggy's tests do)."""
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n" + entry_points)

@@ -13,6 +13,8 @@ import embedflow as ef
 from embedflow import registry
 from embedflow.errors import OperatorLoadError, ParameterError, UnknownOperatorError
 
+from .conftest import write_fake_distribution
+
 
 def test_builtin_operators_come_from_entry_points_not_imports():
     code = (
@@ -114,19 +116,11 @@ def test_invalid_names_are_refused():
             ef.register(bad)
 
 
-def _write_fake_distribution(root, name, entry_points):
-    """A dist-info folder on sys.path is all importlib.metadata needs (as pluggy's tests do)."""
-    info = root / f"{name}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[embedflow.operators]\n" + entry_points)
-
-
 def test_plugin_found_only_through_its_entry_point(tmp_path, monkeypatch):
     pkg = tmp_path / "fake_plugin"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("def reverse(text):\n    '''Reverse a string.'''\n    return text[::-1]\n")
-    _write_fake_distribution(tmp_path, "fake_plugin", "fake.reverse = fake_plugin:reverse\nfake.broken = fake_plugin:missing\n")
+    write_fake_distribution(tmp_path, "fake_plugin", "fake.reverse = fake_plugin:reverse\nfake.broken = fake_plugin:missing\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     registry.reload_entry_points()
     try:
@@ -147,7 +141,7 @@ def test_two_packages_claiming_one_name_warn(tmp_path, monkeypatch):
     for dist in ("plugin_a", "plugin_b"):
         root = tmp_path / dist
         root.mkdir()
-        _write_fake_distribution(root, dist, f"clash.op = {dist}:op\n")
+        write_fake_distribution(root, dist, f"clash.op = {dist}:op\n")
         monkeypatch.syspath_prepend(str(root))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

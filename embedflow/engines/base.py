@@ -2,13 +2,13 @@
 
 >>> from embedflow.engines.base import Engine
 >>> Engine.execute.__doc__.split(".")[0]
-'Run plan and yield lists of output rows, in input order'
+'Run plan and yield chunks ``(row numbers, rows)`` of output, in input order'
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..failures import FailureLog
@@ -22,8 +22,10 @@ class Engine(ABC):
     name = "base"
 
     @abstractmethod
-    def execute(self, plan: Plan, failures: FailureLog, stats: RunStats | None = None) -> Iterator[list[Any]]:
-        """Run plan and yield lists of output rows, in input order.
+    def execute(self, plan: Plan, failures: FailureLog, stats: RunStats | None = None) -> Iterator[tuple[Sequence[int], list[Any]]]:
+        """Run plan and yield chunks ``(row numbers, rows)`` of output, in input order.
+
+        A row number is the output row's source row (counted from 0).
 
         When ``stats`` is given it is filled with per-stage figures once the run ends.
 

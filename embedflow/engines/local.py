@@ -113,16 +113,16 @@ class LocalEngine(Engine):
 
     name = "local"
 
-    def execute(self, plan: Plan, failures: FailureLog, stats: RunStats | None = None) -> Iterator[list[Any]]:
+    def execute(self, plan: Plan, failures: FailureLog, stats: RunStats | None = None) -> Iterator[Chunk]:
         run = Run()
         try:
             tail = self._build(plan, failures, run)
             run.mark_started()
             rows_out = 0
-            for _keys, rows in run.drain(tail):
+            for keys, rows in run.drain(tail):
                 if rows:
                     rows_out += len(rows)
-                    yield rows
+                    yield keys, rows
             run.stats.rows = rows_out
         finally:
             run.close()
@@ -172,7 +172,11 @@ def _source(source: Source, out: Channel, stats: StageStats) -> None:
         if not rows:
             break
         stats.items_out += len(rows)
-        if not out.put((range(start, start + len(rows)), rows), stats):
+        if source.keyed:  # (row number, row) pairs: the source skips rows done earlier
+            chunk: Chunk = ([k for k, _ in rows], [r for _, r in rows])
+        else:
+            chunk = (range(start, start + len(rows)), rows)
+        if not out.put(chunk, stats):
             return  # the consumer is done (head)
         start += len(rows)
         size = min(size * 2, MAX_CHUNK)

@@ -77,12 +77,13 @@ def from_glob(patterns: tuple[str, ...], columns: tuple[str, ...] | None = None)
         raise EmbedflowError(msg)
     pats = tuple(str(p) for p in patterns)
     label = f"glob({', '.join(repr(p) for p in pats)})"
+    spec = {"glob": pats[0] if len(pats) == 1 else list(pats)}
     if columns:
         if len(columns) != 1:
             msg = f"glob names one column (the path), got {list(columns)}: use ef.glob['path'](...)"
             raise ColumnError(msg)
-        return Source("glob", label, lambda: _name_rows(_glob_paths(pats), columns), True, columns)
-    return Source("glob", label, lambda: _glob_paths(pats))
+        return Source("glob", label, lambda: _name_rows(_glob_paths(pats), columns), True, columns, {**spec, "column": columns[0]})
+    return Source("glob", label, lambda: _glob_paths(pats), spec=spec)
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -96,8 +97,9 @@ def from_text(path: str | os.PathLike[str], columns: tuple[str, ...] | None = No
     p = Path(path)
     label = f"read_text({str(p)!r})"
     if columns:
-        return Source("read_text", label, lambda: _name_rows(_lines(p), columns[:1]), True, columns[:1])
-    return Source("read_text", label, lambda: _lines(p))
+        spec = {"read_text": str(p), "column": columns[0]}
+        return Source("read_text", label, lambda: _name_rows(_lines(p), columns[:1]), True, columns[:1], spec)
+    return Source("read_text", label, lambda: _lines(p), spec={"read_text": str(p)})
 
 
 def _jsonl(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
@@ -129,7 +131,8 @@ def _pick(row: dict[str, Any], columns: tuple[str, ...] | None, where: str) -> d
 def from_jsonl(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
     """Rows of a JSON-lines file (one object per line); ``columns`` keeps only those keys."""
     p = Path(path)
-    return Source("read_jsonl", f"read_jsonl({str(p)!r})", lambda: _jsonl(p, columns), True, columns)
+    spec = {"read_jsonl": str(p), **({"columns": list(columns)} if columns else {})}
+    return Source("read_jsonl", f"read_jsonl({str(p)!r})", lambda: _jsonl(p, columns), True, columns, spec)
 
 
 def _csv(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
@@ -141,7 +144,8 @@ def _csv(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]
 def from_csv(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
     """Rows of a CSV file with a header line; values are strings."""
     p = Path(path)
-    return Source("read_csv", f"read_csv({str(p)!r})", lambda: _csv(p, columns), True, columns)
+    spec = {"read_csv": str(p), **({"columns": list(columns)} if columns else {})}
+    return Source("read_csv", f"read_csv({str(p)!r})", lambda: _csv(p, columns), True, columns, spec)
 
 
 def _parquet(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
@@ -163,4 +167,5 @@ def _parquet(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, 
 def from_parquet(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
     """Rows of a Parquet file, read in record batches; vector columns come back as numpy arrays."""
     p = Path(path)
-    return Source("read_parquet", f"read_parquet({str(p)!r})", lambda: _parquet(p, columns), True, columns)
+    spec = {"read_parquet": str(p), **({"columns": list(columns)} if columns else {})}
+    return Source("read_parquet", f"read_parquet({str(p)!r})", lambda: _parquet(p, columns), True, columns, spec)
