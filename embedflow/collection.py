@@ -344,11 +344,10 @@ class DataCollection:
         """Run the plan and yield ``(source row numbers, rows)``; failures are recorded."""
         engine = get_engine(self._plan.engine)
         failures = FailureLog(self._plan.errors)
-        run = engine.execute(self._plan, failures, stats)
         bar = progress_bar(self._plan, self._plan.progress if progress is None else progress)
+        run = engine.execute(self._plan, failures, stats, progress=bar.update)
         try:
             for keys, rows in run:
-                bar.update(len(rows))
                 yield keys, rows
         finally:
             run.close()

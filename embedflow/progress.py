@@ -48,4 +48,4 @@ def progress_bar(plan: Plan, show: bool | None) -> Any:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=_total(plan), unit="rows", delay=1.0, dynamic_ncols=True, leave=False)
+    return tqdm(total=_total(plan), desc="embedflow", unit=" rows", delay=1.0, dynamic_ncols=True, leave=False)

@@ -14,9 +14,12 @@ stamp="$VENV/.embedflow-installed"
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing embedflow and its dependencies into $VENV (first run takes a few minutes)" >&2
-  # pip's notes about this machine's extra local indexes are noise: keep real errors only
-  quiet() { "$@" 2> >(grep -v -e 'is ignored: it is neither a file nor a directory' -e BuildBackendWarning >&2); }
-  quiet "$VENV/bin/python" -m pip install -q --upgrade pip
-  quiet "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+  # pip's output goes to a log, shown only if the install fails
+  log="$VENV/install.log"
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip && "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "bootstrap: installing failed (log above, also in $log)" >&2
+    exit 1
+  fi
   echo "$want" >"$stamp"
 fi

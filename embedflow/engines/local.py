@@ -113,15 +113,18 @@ class LocalEngine(Engine):
 
     name = "local"
 
-    def execute(self, plan: Plan, failures: FailureLog, stats: RunStats | None = None) -> Iterator[Chunk]:
+    def execute(self, plan: Plan, failures: FailureLog, stats: RunStats | None = None, progress: Callable[[int], Any] | None = None) -> Iterator[Chunk]:
         run = Run()
+        model_steps = [s for s in plan.steps if is_batched(s)]
         try:
-            tail = self._build(plan, failures, run)
+            tail = self._build(plan, failures, run, progress if model_steps else None)
             run.mark_started()
             rows_out = 0
             for keys, rows in run.drain(tail):
                 if rows:
                     rows_out += len(rows)
+                    if progress is not None and not model_steps:
+                        progress(len(rows))
                     yield keys, rows
             run.stats.rows = rows_out
         finally:
@@ -130,10 +133,11 @@ class LocalEngine(Engine):
                 stats.stages[:] = run.stats.stages
                 stats.wall, stats.rows = run.stats.wall, run.stats.rows
 
-    def _build(self, plan: Plan, failures: FailureLog, run: Run) -> Channel:
+    def _build(self, plan: Plan, failures: FailureLog, run: Run, progress: Callable[[int], Any] | None) -> Channel:
         channel = run.channel("source", CHANNEL_CHUNKS)
         stats = run.stage_stats(f"source {plan.source.label}")
         run.start("source", lambda: _source(plan.source, channel, stats))
+        last_model = next((s for s in reversed(plan.steps) if is_batched(s)), None)
         replicas = {id(s): ready_operators(s, plan) for s in plan.steps if isinstance(s, Apply) and (is_batched(s) or is_threaded(s))}
         workers_default = default_workers(replicas)
         for kind, steps in segments(plan.steps):
@@ -153,7 +157,7 @@ class LocalEngine(Engine):
 
                 step = steps[0]
                 assert isinstance(step, Apply)
-                start_model_stage(step, replicas[id(step)], workers_default, channel, out, failures, run)
+                start_model_stage(step, replicas[id(step)], workers_default, channel, out, failures, run, progress if step is last_model else None)
             channel = out
         return channel
 

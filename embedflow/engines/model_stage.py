@@ -17,6 +17,7 @@ bad input is named (or skipped under ``.safe()``) and the good ones are kept.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,8 +45,18 @@ def _has_sort_key(op: Operator) -> bool:
     return callable(getattr(op, "sort_key", None))
 
 
-def start_model_stage(step: Apply, replicas: list[tuple[str, Operator]], default_workers: int, inbox: Channel, outbox: Channel, failures: FailureLog, run: Run) -> None:
-    """Start the threads of a batchable operator's stage (see the module docstring)."""
+def start_model_stage(
+    step: Apply,
+    replicas: list[tuple[str, Operator]],
+    default_workers: int,
+    inbox: Channel,
+    outbox: Channel,
+    failures: FailureLog,
+    run: Run,
+    progress: Callable[[int], Any] | None = None,
+) -> None:
+    """Start the threads of a batchable operator's stage (see the module docstring);
+    ``progress(n)`` is told of every batch the device finishes."""
     op = replicas[0][1]  # preprocess, collate and sort_key do not depend on the device
     guard = Guard(step, step.name, failures)
     size = step.options.batch_size or type(op).default_batch_size
@@ -190,6 +201,8 @@ def start_model_stage(step: Apply, replicas: list[tuple[str, Operator]], default
             ]
             stats.busy += time.perf_counter() - t0
             stats.items_out += len(group)
+            if progress is not None:
+                progress(len(group))
             done.put((pairs, [key for _s, key, _r, _i in group]), stats)
         done.finish()
 
