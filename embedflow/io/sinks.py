@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,47 +74,13 @@ def to_numpy(chunks: Iterator[list[Any]], named: bool, columns: tuple[str, ...] 
 
 def to_parquet(chunks: Iterator[list[Any]], named: bool, path: str | os.PathLike[str], row_group_rows: int = 4096) -> Path:
     """Write rows to ``path`` incrementally in row groups; the file appears atomically at the end."""
-    import pyarrow.parquet as pq
+    from .writers import write_parquet
 
-    from .arrow import rows_to_table
+    def records() -> Iterator[tuple[int, str, Any]]:
+        for rows in chunks:
+            for row in rows:
+                yield 0, "", row if named else {"value": row}
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    writer = None
-    pending: list[Any] = []
-
-    def write(rows: list[Any]) -> None:
-        nonlocal writer
-        table = rows_to_table(rows, named)
-        if writer is None:
-            writer = pq.ParquetWriter(tmp_name, table.schema)
-        elif table.schema != writer.schema:
-            table = table.cast(writer.schema)
-        writer.write_table(table)
-
-    try:
-        for rows in chunks:
-            pending.extend(rows)
-            if len(pending) >= row_group_rows:
-                write(pending)
-                pending = []
-        if pending or writer is None:
-            if pending:
-                write(pending)
-            else:
-                import pyarrow as pa
-
-                writer = pq.ParquetWriter(tmp_name, pa.schema([]))
-        writer.close()
-        os.replace(tmp_name, target)
-    except BaseException:
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:  # noqa: BLE001 - the original error matters
-                pass
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_parquet(target, records(), row_group_rows)
     return target

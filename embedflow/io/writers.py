@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,15 +32,16 @@ ROW_GROUP = 4096
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target``, renamed onto it when the block succeeds."""
+    """A fresh temporary path beside ``target`` (not created: the writer creates it with the
+    usual permissions), renamed onto ``target`` when the block succeeds, removed otherwise."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, target)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def _jsonable(value: Any) -> Any:
@@ -54,7 +55,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_parquet(path: Path, records: Iterator[Record]) -> int:
+def write_parquet(path: Path, records: Iterator[Record], row_group_rows: int = ROW_GROUP) -> int:
+    """Rows as Parquet, in row groups of ``row_group_rows``; vectors as fixed-size lists."""
     import pyarrow.parquet as pq
 
     count = 0
@@ -74,7 +76,7 @@ def write_parquet(path: Path, records: Iterator[Record]) -> int:
         for _row, _key, row in records:
             batch.append(row)
             count += 1
-            if len(batch) >= ROW_GROUP:
+            if len(batch) >= row_group_rows:
                 flush()
                 batch = []
         if batch or writer is None:
