@@ -1,7 +1,7 @@
 """The ``embedflow`` command line.
 
-* ``embedflow run FILE [--param k=v ...] [--device D] [--engine local|ray] [--limit N]
-  [--no-resume] [--quiet]`` runs a pipeline file to its sink (resuming an interrupted run);
+* ``embedflow run FILE [--param k=v ...] [--device D] [--engine local|ray] [--ray-address A]
+  [--limit N] [--no-resume] [--quiet]`` runs a pipeline file to its sink (resuming an interrupted run);
 * ``embedflow explain FILE`` prints its plan; ``embedflow validate FILE`` checks it;
 * ``embedflow ops [PATTERN]`` lists operators with a one-line summary and the package
   providing each; ``embedflow ops NAME`` shows one operator's parameters and documentation.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 
@@ -101,6 +102,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_pipeline
 
     pipeline = read_pipeline(args.file, **_params(args.param))
+    if args.ray_address:
+        if args.engine != "ray":
+            msg = "--ray-address is for --engine ray"
+            raise UsageError(msg)
+        os.environ["RAY_ADDRESS"] = args.ray_address
     if not args.quiet:
         print(f"embedflow: running {pipeline.name} ({args.file})", file=sys.stderr)
     with warnings.catch_warnings():
@@ -131,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--param", action="append", default=[], metavar="K=V", help="override a parameter (repeatable)")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the file's, else auto)")
     run.add_argument("--engine", choices=["local", "ray"], help="the engine (default local)")
+    run.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)")
     run.add_argument("--limit", type=int, help="only the first N source rows")
     run.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
     run.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -20,11 +20,9 @@ def get_engine(name: str) -> Engine:
 
         return LocalEngine()
     if name == "ray":
-        msg = (
-            "engine 'ray' is not available in this version of embedflow yet; "
-            "use set_engine('local') (the default)"
-        )
-        raise PlanError(msg)
+        from .ray import RayEngine
+
+        return RayEngine()
     msg = f"engine {name!r} is not an engine: use one of {', '.join(map(repr, ENGINES))}"
     raise PlanError(msg)
 

@@ -1,0 +1,105 @@
+"""The Ray engine: the same answers as the local engine, from Python and from YAML."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import embedflow as ef
+from embedflow.pipeline import read_pipeline
+from embedflow.runner import run_pipeline
+
+from .conftest import ROOT
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'embedflow[ray]')")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def test_text_chain_equals_the_local_engine(sample_texts):
+    chain = ef.dc["text"](sample_texts).text_embedding.transformers["text", "vec"](model_name="sentence-transformers/all-MiniLM-L6-v2").normalize["vec"]().select["text", "vec"]()
+    local = chain.to_list()
+    remote = chain.set_engine("ray").to_list()
+    assert [r["text"] for r in remote] == sample_texts
+    np.testing.assert_allclose(np.stack([r["vec"] for r in remote]), np.stack([r["vec"] for r in local]), atol=1e-6)
+
+
+def test_cheap_steps_head_filter_and_order():
+    chain = ef.dc(range(500)).map(lambda x: x * 2).filter(lambda x: x % 3 == 0).head(40)
+    assert chain.set_engine("ray").to_list() == chain.to_list()
+
+
+@pytest.mark.parametrize("name", ["text_embedding", "image_embedding"])
+def test_bundled_pipelines_give_the_same_output_on_both_engines(tmp_path, name):
+    overrides = {"input": str(ROOT / "data" / "texts" / "sentences.txt")} if name == "text_embedding" else {}
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.parquet"
+        pipeline = read_pipeline(ROOT / "pipelines" / f"{name}.yaml", output=str(out), **overrides)
+        summary = run_pipeline(pipeline, engine=engine, progress=False)
+        assert summary.failed == 0
+        outputs[engine] = pq.read_table(out)
+    local, remote = outputs["local"], outputs["ray"]
+    assert local.column_names == remote.column_names and local.num_rows == remote.num_rows > 0
+    first = local.column_names[0]
+    assert local.column(first).to_pylist() == remote.column(first).to_pylist()
+    vl = np.stack(local.column("vec").to_numpy(zero_copy_only=False))
+    vr = np.stack(remote.column("vec").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(vr, vl, atol=1e-5)
+
+
+def test_bad_rows_are_skipped_and_recorded_on_ray(tmp_path, sample_images):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sample_images[:2]:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    out = tmp_path / "v.parquet"
+    pipeline = read_pipeline(ROOT / "pipelines" / "image_embedding.yaml", images=str(folder / "*.jpg"), output=str(out))
+    summary = run_pipeline(pipeline, engine="ray", progress=False)
+    assert (summary.written, summary.failed) == (2, 1)
+    record = [line for line in Path(summary.errors).read_text().splitlines()][0]
+    assert "broken.jpg" in record and "image_decode" in record
+    assert [Path(p).name for p in pq.read_table(out).column("path").to_pylist()] == sorted(p.name for p in sample_images[:2])
+
+
+def test_yaml_run_with_engine_ray_from_the_command_line(tmp_path):
+    out = tmp_path / "v.parquet"
+    env = {**os.environ, "EMBEDFLOW_RAY_NUM_CPUS": "2", "EMBEDFLOW_PROGRESS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    args = [sys.executable, "-m", "embedflow", "run", "pipelines/text_embedding.yaml", "--engine", "ray", "--quiet",
+            "--param", f"input={ROOT / 'data' / 'texts' / 'sentences.txt'}", "--param", f"output={out}"]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "read 120 rows, wrote 120, failed 0" in proc.stdout
+    assert pq.read_table(out).column("text").to_pylist() == (ROOT / "data" / "texts" / "sentences.txt").read_text().splitlines()
+
+
+def test_without_ray_the_message_says_how_to_install():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import embedflow as ef\n"
+        "try:\n    ef.dc([1]).set_engine('ray')\nexcept ef.PlanError as e:\n    print(e)\n"
+        "assert 'ray' not in [m for m in sys.modules if sys.modules[m] is not None and m.split('.')[0] == 'ray']\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "the ray engine needs Ray, which is not installed: pip install 'embedflow[ray]'"
+
+
+def test_the_core_never_imports_ray():
+    code = "import sys, embedflow as ef; ef.dc([1]).map(abs).to_list(); assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
