@@ -122,21 +122,26 @@ def test_resume_after_kill_9_gives_every_row_once_in_order_without_recomputing(t
 
 @pytest.mark.slow
 def test_ctrl_c_saves_finished_rows_and_exits_130(tmp_path, plugin):
-    pipeline = slow_pipeline(tmp_path)
+    pipeline = slow_pipeline(tmp_path, rows=1000)
     out = tmp_path / "out" / "v.parquet"
+    log = tmp_path / "log.txt"
     args = ["run", str(pipeline), "--param", "delay=0.01"]
-    proc = embedflow(args, plugin, {"EMBEDFLOW_SHARD_ROWS": "1000", "EMBEDFLOW_SHARD_SECONDS": "1000"})
-    time.sleep(4)  # the model-free op: 100 rows/s, no shard committed yet by size or time
+    proc = embedflow(args, plugin, {"EMBEDFLOW_SHARD_ROWS": "100000", "EMBEDFLOW_SHARD_SECONDS": "1000"})
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 100):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)  # 100 rows computed, none committed yet (by size or by time)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "run the same command to resume" in stderr
     shards = json.loads((out.parent / ".v.parquet.parts" / "manifest.json").read_text())["shards"]
-    assert shards and shards[0]["rows"] > 0  # the interrupt committed what was finished
+    assert shards and shards[0]["rows"] > 0  # the interrupt committed the rows that had reached the sink
     again = embedflow(args, plugin)
     stdout, stderr = again.communicate(timeout=120)
     assert again.returncode == 0, stderr
-    assert pq.read_table(out).column("text").to_pylist() == [f"line {i}" for i in range(400)]
+    assert f"({shards[0]['rows']} already done by an earlier run)" in stdout
+    assert pq.read_table(out).column("text").to_pylist() == [f"line {i}" for i in range(1000)]
 
 
 def test_skip_mode_keeps_good_images_and_records_bad_ones(tmp_path, sample_images):
