@@ -332,6 +332,67 @@ class DataCollection:
                 f.write(text)
         return text
 
+    def show(self, n: int = 10) -> None:
+        """Run the plan for its first ``n`` rows and print them as a table (vectors previewed).
+
+        In a notebook, the collection itself renders as an HTML table of its first rows with
+        image thumbnails (``_repr_html_``).
+
+        >>> import embedflow as ef
+        >>> ef.dc["text"](["hello"]).show()
+        text
+        -----
+        hello
+        """
+        from .display import text_table
+
+        print(text_table(self.head(n).set_progress(False).to_list()))
+
+    def _repr_html_(self, n: int = 10) -> str:
+        """Notebook view: the plan, and the first ``n`` rows with thumbnails and vector previews."""
+        import html as _html
+
+        from .display import html_table
+
+        rows = self.head(n).set_progress(False).to_list()
+        return f"<pre>{_html.escape(self.explain())}</pre>\n" + html_table(rows)
+
+    def to_milvus(
+        self,
+        uri: str | os.PathLike[str],
+        collection: str,
+        vector: str = "vec",
+        fields: list[str] | None = None,
+        key: str | None = None,
+        metric: str = "COSINE",
+    ) -> int:
+        """Run the plan and upsert every row into a Milvus collection; returns the rows written.
+
+        ``uri`` is a Milvus Lite file (embedded) or ``http://host:19530``. The primary key is
+        the ``key`` column (default: the path column of a glob source, else the source row
+        number), so writing again replaces rows instead of duplicating them. ``fields`` are
+        the scalar columns stored beside the vector (default: all scalar columns).
+
+        >>> import embedflow as ef, tempfile, os
+        >>> ef.dc["vec"]([[1.0, 0.0]]).to_milvus(os.path.join(tempfile.mkdtemp(), "v.db"), "c")
+        1
+        """
+        from .io.milvus import MilvusWriter
+
+        if not self._named:
+            msg = "to_milvus() needs named rows: name the columns, e.g. ef.dc['text'](...)... ['text', 'vec']"
+            raise ColumnError(msg)
+        spec = self._plan.source.spec or {}
+        key = key or (spec.get("column") if "glob" in spec else None)
+        writer = MilvusWriter(str(uri), collection, vector, fields, metric)
+        try:
+            for numbers, rows in self._keyed_chunks():
+                for number, row in zip(numbers, rows):
+                    writer.add(str(row[key]) if key else str(number), row)
+        finally:
+            writer.close()
+        return writer.written
+
     def __repr__(self) -> str:
         return f"<DataCollection: {len(self._plan.steps)} step(s), lazy>\n{self.explain()}"
 

@@ -34,12 +34,12 @@ from .plan import EXECUTION_OPTIONS, Apply, Head, Project, check_device
 from .yaml_loader import LineDict, PipelineError, load_yaml_file
 
 TOP_KEYS = ("name", "description", "params", "source", "steps", "sink", "on_error", "device")
-SOURCE_KINDS = ("read_text", "glob", "read_jsonl", "read_csv", "read_parquet")
+SOURCE_KINDS = ("read_text", "glob", "read_jsonl", "read_csv", "read_parquet", "items")
 SOURCE_OPTIONS = ("column", "columns", "key")
 STEP_KEYS = ("op", "in", "out", "with", *EXECUTION_OPTIONS)
 GENERIC_STEPS = ("select", "exclude", "head")
-SINK_KINDS = ("parquet", "jsonl", "npy")
-SINK_OPTIONS = ("columns", "column")
+SINK_KINDS = ("parquet", "jsonl", "npy", "milvus", "print")
+SINK_OPTIONS = ("columns", "column", "collection", "vector", "fields", "metric")
 ON_ERROR = ("raise", "skip")
 _PARAM = re.compile(r"\$\{([^}]*)\}")
 
@@ -49,9 +49,13 @@ class SinkSpec:
     """Where a pipeline's rows go: ``kind`` is parquet, jsonl or npy."""
 
     kind: str
-    path: Path
-    columns: tuple[str, ...] | None = None  # parquet/jsonl: the columns to keep (default all)
+    path: Path  # the output file; for milvus the URI (a Milvus Lite file or http://...)
+    columns: tuple[str, ...] | None = None  # parquet/jsonl/print: the columns to keep (default all)
     column: str | None = None  # npy: the vector column
+    collection: str | None = None  # milvus
+    vector: str = "vec"  # milvus: the vector column
+    fields: tuple[str, ...] | None = None  # milvus: scalar columns stored beside the vector
+    metric: str = "COSINE"  # milvus
 
 
 @dataclass
@@ -176,10 +180,13 @@ def read_pipeline(path: str | Path, **overrides: Any) -> Pipeline:
     for i, step in enumerate(steps):
         collection = _build_step(collection, step, i, body.where("steps"))
     sink = _build_sink(body)
-    for wanted in ((sink.columns or ()) + ((sink.column,) if sink.column else ())) if sink else ():
+    wanted_columns = ((sink.columns or ()) + ((sink.column,) if sink.column else ()) + (sink.fields or ())) if sink else ()
+    if sink is not None and sink.kind == "milvus":
+        wanted_columns += (sink.vector,)
+    for wanted in wanted_columns:
         if collection.columns is not None and wanted not in collection.columns:
             hint = did_you_mean(wanted, collection.columns)
-            raise _fail(body["sink"].where("columns" if sink.columns else "column"), f"sink: no column {wanted!r}.{hint} Columns: {list(collection.columns)}")
+            raise _fail(body["sink"].where(), f"sink: no column {wanted!r}.{hint} Columns: {list(collection.columns)}")
     spec = json.loads(json.dumps({k: v for k, v in body.items()}, default=str))
     spec["params"] = params
     return Pipeline(
@@ -218,7 +225,12 @@ def _build_source(body: LineDict) -> tuple[DataCollection, str | None]:
     kind = kinds[0]
     target = source[kind]
     try:
-        if kind in ("read_text", "glob"):
+        if kind == "items":  # a literal list, e.g. one query: items: ["${query}"]
+            column = source.get("column", "value")
+            values = target if isinstance(target, list) else [target]
+            dc = readers.dc[column](values)
+            key = source.get("key")
+        elif kind in ("read_text", "glob"):
             column = source.get("column", "text" if kind == "read_text" else "path")
             if not isinstance(column, str):
                 raise _fail(source.where("column"), f"column must be one column name, got {column!r}")
@@ -304,15 +316,29 @@ def _build_sink(body: LineDict) -> SinkSpec | None:
     if len(kinds) != 1:
         raise _fail(sink.where(), f"sink needs exactly one of {', '.join(SINK_KINDS)}, got {kinds or 'none'}")
     kind = kinds[0]
-    if not isinstance(sink[kind], str) or not sink[kind]:
-        raise _fail(sink.where(kind), f"sink {kind}: needs an output path, got {sink[kind]!r}")
+    target = sink[kind]
+    if kind == "print":
+        target = target if isinstance(target, str) and target else "-"
+    if not isinstance(target, str) or not target:
+        raise _fail(sink.where(kind), f"sink {kind}: needs an output path, got {target!r}")
     columns = _names(sink["columns"], sink.where("columns"), "columns") if "columns" in sink else None
     column = sink.get("column")
     if kind == "npy" and not isinstance(column, str):
         raise _fail(sink.where(), "sink npy: needs column: <the vector column>")
     if kind != "npy" and column is not None:
         raise _fail(sink.where("column"), f"sink {kind}: column is for npy; use columns: [...] to choose columns")
-    return SinkSpec(kind, Path(sink[kind]), columns, column)
+    milvus_only = [k for k in ("collection", "vector", "fields", "metric") if k in sink]
+    if kind != "milvus" and milvus_only:
+        raise _fail(sink.where(milvus_only[0]), f"sink {kind}: {milvus_only[0]} is for the milvus sink")
+    if kind == "milvus":
+        if not isinstance(sink.get("collection"), str):
+            raise _fail(sink.where(), "sink milvus: needs collection: <name>")
+        metric = str(sink.get("metric", "COSINE")).upper()
+        if metric not in ("COSINE", "IP", "L2"):
+            raise _fail(sink.where("metric"), f"sink milvus: metric {metric!r} is not one of COSINE, IP, L2")
+        fields = _names(sink["fields"], sink.where("fields"), "fields") if "fields" in sink else None
+        return SinkSpec(kind, Path(target), None, None, sink["collection"], str(sink.get("vector", "vec")), fields, metric)
+    return SinkSpec(kind, Path(target), columns, column)
 
 
 # --------------------------------------------------------------------------- writing

@@ -181,6 +181,8 @@ def run_pipeline(
         dc = dc.set_device(device)
     if engine is not None:
         dc = dc.set_engine(engine)
+    if sink.kind in ("milvus", "print"):
+        return _run_streaming(pipeline, dc.head(limit) if limit is not None else dc, progress)
     fingerprint = pipeline.fingerprint() + (f"-limit{limit}" if limit is not None else "")
     store = ShardStore(sink.path, fingerprint)
     done = store.open(resume)
@@ -243,4 +245,40 @@ def run_pipeline(
         seconds=time.perf_counter() - start,
         output=str(sink.path),
         errors=errors,
+    )
+
+
+def _run_streaming(pipeline: Pipeline, dc: DataCollection, progress: bool | None) -> RunSummary:
+    """Sinks without shards: ``milvus`` upserts by row key (a rerun replaces, never
+    duplicates), ``print`` writes a table to standard output."""
+    sink = pipeline.sink
+    assert sink is not None
+    failures: list[dict[str, Any]] = []
+    plan = replace(dc.plan, errors=failures if dc.plan.errors is None else dc.plan.errors)
+    run = DataCollection(plan, dc.named, dc.columns, "raise")
+    start = time.perf_counter()
+    read = 0
+    if sink.kind == "print":
+        from .display import report
+
+        rows = []
+        for _numbers, chunk in run._keyed_chunks(progress=False):
+            rows.extend({c: r[c] for c in sink.columns} if sink.columns else r for r in chunk)
+        print(report(rows))
+        written = read = len(rows)
+    else:
+        from .io.milvus import MilvusWriter
+
+        writer = MilvusWriter(str(sink.path), sink.collection or "", sink.vector, sink.fields, sink.metric)
+        try:
+            for numbers, chunk in run._keyed_chunks(progress=progress):
+                for number, row in zip(numbers, chunk):
+                    writer.add(_identity(row, number, pipeline.key), row)
+                    read += 1
+        finally:
+            writer.close()
+        written = writer.written
+    return RunSummary(
+        read=read + len(failures), written=written, failed=len(failures), resumed=0,
+        seconds=time.perf_counter() - start, output=f"{sink.kind} {sink.path}" + (f" collection {sink.collection}" if sink.collection else ""),
     )

@@ -126,7 +126,10 @@ def test_ctrl_c_saves_finished_rows_and_exits_130(tmp_path, plugin):
     out = tmp_path / "out" / "v.parquet"
     log = tmp_path / "log.txt"
     args = ["run", str(pipeline), "--param", "delay=0.01"]
-    proc = embedflow(args, plugin, {"EMBEDFLOW_SHARD_ROWS": "100000", "EMBEDFLOW_SHARD_SECONDS": "1000"})
+    # a shell that starts jobs in the background (as CI may) leaves SIGINT ignored in them,
+    # and Python then never raises KeyboardInterrupt: give the child the default handler
+    proc = embedflow(args, plugin, {"EMBEDFLOW_SHARD_ROWS": "100000", "EMBEDFLOW_SHARD_SECONDS": "1000"},
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 100):
         assert proc.poll() is None, proc.communicate()

@@ -1,0 +1,55 @@
+"""``milvus_search``: the nearest stored vectors of each query vector, from Milvus.
+
+>>> import embedflow as ef
+>>> ef.dc([[1.0, 0.0]]).milvus_search(uri="x.db", collection="c").explain().splitlines()[-1]
+"  1 op     milvus_search(uri='x.db', collection='c')"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from embedflow import Operator
+
+
+class MilvusSearch(Operator):
+    """Search a Milvus collection with each row's vector; returns its hits, best first.
+
+    Parameters:
+        uri: a Milvus Lite file (``out/vectors.db``) or a server (``http://host:19530``).
+        collection: the collection to search.
+        limit: how many hits per query (default 5).
+        fields: stored fields to return with each hit (default: all).
+
+    Each result is a list of dicts ``{"id", "distance", **fields}``; with the ``COSINE`` metric
+    the distance is the cosine similarity (1.0 for the same direction).
+    """
+
+    threaded = False  # one client, used in order
+
+    def __init__(self, uri: str, collection: str, limit: int = 5, fields: list[str] | None = None):
+        if not isinstance(limit, int) or limit < 1:
+            msg = f"milvus_search: limit={limit!r} must be a positive integer"
+            raise ValueError(msg)
+        self.uri, self.collection, self.limit, self.fields = str(uri), collection, limit, fields
+        self._client: Any = None
+
+    def setup(self, device: str) -> None:
+        from embedflow.io.milvus import client
+
+        self._client = client(self.uri)
+        if not self._client.has_collection(self.collection):
+            have = ", ".join(self._client.list_collections()) or "none"
+            msg = f"milvus_search: no collection {self.collection!r} at {self.uri} (collections: {have}); index some rows first"
+            raise ValueError(msg)
+        self._client.load_collection(self.collection)  # a reopened database starts released
+
+    def preprocess(self, vector: Any) -> list[dict[str, Any]]:
+        from embedflow.io.milvus import search
+
+        if self._client is None:
+            self.setup("cpu")
+        vec = np.asarray(vector, dtype=np.float32).ravel().tolist()
+        return search(self._client, self.collection, [vec], self.limit, self.fields)[0]
