@@ -97,6 +97,11 @@ def ready_operators(step: Apply, plan: Plan) -> list[tuple[str, Operator]]:
     op = step.operator
     if not (op.batchable or type(op).setup is not Operator.setup):
         return [("cpu", op)]
+    if not op.batchable:  # per-item operators with state run on the CPU, set up once
+        if "cpu" not in step.ready:
+            op.setup("cpu")
+            step.ready["cpu"] = op
+        return [("cpu", step.ready["cpu"])]
     out = []
     for device in resolve_devices(step.options.device or plan.device):
         ready = step.ready.get(device)
@@ -138,13 +143,14 @@ class LocalEngine(Engine):
         stats = run.stage_stats(f"source {plan.source.label}")
         run.start("source", lambda: _source(plan.source, channel, stats))
         last_model = next((s for s in reversed(plan.steps) if is_batched(s)), None)
-        replicas = {id(s): ready_operators(s, plan) for s in plan.steps if isinstance(s, Apply) and (is_batched(s) or is_threaded(s))}
+        replicas = {id(s): ready_operators(s, plan) for s in plan.steps if isinstance(s, Apply)}
         workers_default = default_workers(replicas)
         for kind, steps in segments(plan.steps):
             out = run.channel(kind, CHANNEL_CHUNKS)
             if kind == "fused":
                 stage_stats = run.stage_stats(" > ".join(_label(s) for s in steps))
-                run.start("fused", _fused(steps, channel, out, failures, stage_stats))
+                ops = {id(s): replicas[id(s)][0][1] for s in steps if isinstance(s, Apply)}
+                run.start("fused", _fused(steps, ops, channel, out, failures, stage_stats))
             elif kind == "pool":
                 step = steps[0]
                 assert isinstance(step, Apply)
@@ -196,9 +202,9 @@ def _inbox(channel: Channel, stats: StageStats) -> Iterator[Chunk]:
         yield chunk
 
 
-def _compose(step: Step, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
+def _compose(step: Step, chunks: Iterator[Chunk], failures: FailureLog, ops: dict[int, Operator]) -> Iterator[Chunk]:
     if isinstance(step, Apply):
-        return apply_items(step, step.operator, chunks, failures)
+        return apply_items(step, ops.get(id(step), step.operator), chunks, failures)
     if isinstance(step, Filter):
         return filter_rows(step, chunks, failures)
     if isinstance(step, FlatMap):
@@ -213,11 +219,11 @@ def _compose(step: Step, chunks: Iterator[Chunk], failures: FailureLog) -> Itera
     raise EmbedflowError(msg)
 
 
-def _fused(steps: list[Step], inbox: Channel, out: Channel, failures: FailureLog, stats: StageStats) -> Callable[[], None]:
+def _fused(steps: list[Step], ops: dict[int, Operator], inbox: Channel, out: Channel, failures: FailureLog, stats: StageStats) -> Callable[[], None]:
     def body() -> None:
         chunks: Iterator[Chunk] = _inbox(inbox, stats)
         for step in steps:
-            chunks = _compose(step, chunks, failures)
+            chunks = _compose(step, chunks, failures, ops)
         while True:
             t0, waited = time.perf_counter(), stats.wait_in
             chunk = next(chunks, None)

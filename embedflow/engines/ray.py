@@ -116,7 +116,10 @@ def _cheap_stage(steps: list[Step]) -> Callable[[dict[str, Any]], dict[str, Any]
         chunks: Iterator[Any] = iter([(keys, rows)])
         for step in steps:
             if isinstance(step, Apply):
-                chunks = apply_items(step, step.factory(), chunks, log)
+                op = step.factory()
+                if type(op).setup is not Operator.setup:
+                    op.setup("cpu")
+                chunks = apply_items(step, op, chunks, log)
             elif step.kind == "filter":
                 chunks = filter_rows(step, chunks, log)  # type: ignore[arg-type]
             elif step.kind == "flat_map":

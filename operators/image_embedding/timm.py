@@ -27,6 +27,10 @@ class TimmImageEmbedding(Operator):
             one serves ``model_name`` (offline), else timm's own cache or the hub.
         checkpoint_path: a local checkpoint (``.pth`` / ``.safetensors``) to load instead;
             read with ``weights_only=True``.
+        layer: instead of the pooled pre-logits features, the output of this module (a name
+            from ``model.named_modules()`` such as ``"layer3"``, or a negative index over the
+            top-level layers), average-pooled over space to a vector (``pool="max"`` or
+            ``"none"`` to change that).
         channels_last: run in the channels-last memory layout; default: on for models with
             2-D convolutions (+21% images/s for resnet18 on a 2-core CPU, and the layout GPU
             tensor cores want), off otherwise. The values are the same up to float rounding.
@@ -46,6 +50,8 @@ class TimmImageEmbedding(Operator):
         pretrained: bool = True,
         checkpoint_path: str | None = None,
         channels_last: bool | None = None,
+        layer: str | int | None = None,
+        pool: str = "avg",
         **create_kwargs: Any,
     ):
         import timm
@@ -61,6 +67,12 @@ class TimmImageEmbedding(Operator):
         self.pretrained = bool(pretrained)
         self.checkpoint_path = checkpoint_path
         self.channels_last = channels_last
+        from operators._layers import POOLS
+
+        if pool not in POOLS:
+            msg = f"image_embedding.timm: pool={pool!r} is not one of {', '.join(POOLS)}"
+            raise ValueError(msg)
+        self.layer, self.pool = layer, pool
         self.create_kwargs = create_kwargs
 
     def setup(self, device: str) -> None:
@@ -93,6 +105,10 @@ class TimmImageEmbedding(Operator):
             model = model.to(memory_format=torch.channels_last)
         self.model = model.to(device).eval()
         self.transform = create_transform(**resolve_data_config({}, model=model))
+        if self.layer is not None:
+            from operators._layers import LayerCatcher
+
+            self.catch = LayerCatcher(self.model, self.layer)
 
     def _head_changed(self, model: Any) -> bool:
         """A checkpoint's classifier may not fit when num_classes was changed; features still do."""
@@ -116,6 +132,10 @@ class TimmImageEmbedding(Operator):
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def forward(self, batch: Any) -> Any:
+        if self.layer is not None:
+            from operators._layers import pool
+
+            return pool(self.catch(batch), self.pool)
         return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
 
     def postprocess(self, output: Any) -> list[np.ndarray]:

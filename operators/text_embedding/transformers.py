@@ -35,6 +35,11 @@ class TransformersTextEmbedding(Operator):
         max_length: tokens kept per text; default: the model's sentence-transformers
             ``max_seq_length`` if it has one, else the longest the model accepts.
         trust_remote_code: run code shipped with a hub model (default False: never).
+        layer: pool this hidden state instead of the last one: an index into the model's
+            hidden states (``0`` the embedding layer's output, ``-1`` the last layer,
+            ``-2`` the one before it).
+        return_tokens: with ``pooling="none"``, return ``(token_matrix, tokens)`` — write it to
+            two columns (``out: [vec, tokens]``) to keep the tokens beside their vectors.
 
     Each result is a float32 numpy array: shape ``(hidden,)``, or ``(tokens, hidden)`` for
     ``pooling="none"``. Not normalised: add ``.normalize()`` for cosine similarity (it then
@@ -44,7 +49,15 @@ class TransformersTextEmbedding(Operator):
     batchable = True
     default_batch_size = 32
 
-    def __init__(self, model_name: str, pooling: str = "mean", max_length: int | None = None, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model_name: str,
+        pooling: str = "mean",
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+        layer: int | None = None,
+        return_tokens: bool = False,
+    ):
         if not isinstance(model_name, str) or not model_name:
             msg = f"text_embedding.transformers: model_name={model_name!r} must be a hub id or a folder path"
             raise ValueError(msg)
@@ -54,6 +67,14 @@ class TransformersTextEmbedding(Operator):
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             msg = f"text_embedding.transformers: max_length={max_length!r} must be a positive integer"
             raise ValueError(msg)
+        if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
+            msg = f"text_embedding.transformers: layer={layer!r} must be a hidden-state index such as -2"
+            raise ValueError(msg)
+        if return_tokens and pooling != "none":
+            msg = "text_embedding.transformers: return_tokens=True needs pooling='none' (one vector per token)"
+            raise ValueError(msg)
+        self.layer = layer
+        self.return_tokens = bool(return_tokens)
         self.model_name = model_name
         self.pooling = pooling
         self.max_length = max_length
@@ -162,10 +183,17 @@ class TransformersTextEmbedding(Operator):
     def forward(self, batch: dict[str, Any]) -> Any:
         import torch
 
-        hidden = self.model(**batch).last_hidden_state
+        if self.layer is None:
+            hidden = self.model(**batch).last_hidden_state
+        else:
+            states = self.model(**batch, output_hidden_states=True).hidden_states
+            if not -len(states) <= self.layer < len(states):
+                msg = f"text_embedding.transformers: layer={self.layer} but this model has {len(states)} hidden states (0 .. {len(states) - 1}, or -1 .. -{len(states)})"
+                raise ValueError(msg)
+            hidden = states[self.layer]
         mask = batch["attention_mask"]
         if self.pooling == "none":
-            return hidden, mask
+            return hidden, mask, batch["input_ids"]
         if self.pooling == "cls":
             return hidden[:, 0]
         m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -178,6 +206,10 @@ class TransformersTextEmbedding(Operator):
 
     def postprocess(self, output: Any) -> list[np.ndarray]:
         if self.pooling == "none":
-            hidden, mask = output
-            return [h[m.bool()].float().numpy() for h, m in zip(hidden, mask)]
+            hidden, mask, ids = output
+            matrices = [h[m.bool()].float().numpy() for h, m in zip(hidden, mask)]
+            if not self.return_tokens:
+                return matrices
+            tokens = [self.tokenizer.convert_ids_to_tokens(i[m.bool()].tolist()) for i, m in zip(ids, mask)]
+            return list(zip(matrices, tokens))
         return list(output.float().numpy())

@@ -1,0 +1,83 @@
+"""``embedding.torch``: the output of any layer of any ``torch.nn.Module`` as the embedding.
+
+>>> import embedflow as ef, torch
+>>> net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+>>> ef.dc([[1.0, 2.0, 3.0]]).embedding.torch(model=net, layer=-2).to_list()[0].shape
+(5,)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from embedflow import Operator
+
+from ._layers import POOLS, LayerCatcher, pool
+
+
+def load_factory(spec: str) -> Any:
+    """``"package.module:factory"`` -> the module object that ``factory()`` returns (an
+    installed, importable module: a file never carries code)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        msg = f"model={spec!r}: write an importable factory as 'package.module:function'"
+        raise ValueError(msg)
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        msg = f"model={spec!r}: cannot import {attr!r} from {module_name!r} ({exc})"
+        raise ValueError(msg) from exc
+    return obj() if callable(obj) and not hasattr(obj, "forward") else obj
+
+
+class TorchLayerEmbedding(Operator):
+    """Run a torch model and keep one layer's output (a forward hook; the model is not copied).
+
+    Parameters:
+        model: an ``nn.Module``, or in YAML an importable ``"package.module:factory"``.
+        layer: a module name from ``model.named_modules()`` (``"fc1"``, ``"layer4.1"``) or a
+            negative index over its top-level layers: ``-1`` the output (e.g. the 10 values
+            before a softmax), ``-2`` the layer before it (the penultimate embedding).
+        pool: spatial maps (N, C, H, W) and token sequences are averaged (``"avg"``, default)
+            or max-pooled (``"max"``) to one vector; ``"none"`` keeps the whole output.
+
+    Input: an array or tensor (one example, without the batch dimension). Output: float32.
+    The forward pass stops at the layer, so later layers cost nothing.
+    """
+
+    batchable = True
+
+    def __init__(self, model: Any, layer: str | int = -2, pool: str = "avg"):
+        if pool not in POOLS:
+            msg = f"embedding.torch: pool={pool!r} is not one of {', '.join(POOLS)}"
+            raise ValueError(msg)
+        self.model = load_factory(model) if isinstance(model, str) else model
+        if not hasattr(self.model, "named_modules"):
+            msg = f"embedding.torch: model must be a torch.nn.Module or 'package.module:factory', got {type(model).__name__}"
+            raise ValueError(msg)
+        self.layer, self.pool = layer, pool
+        from ._layers import resolve_layer
+
+        resolve_layer(self.model, layer)  # a bad layer fails when the chain is built
+
+    def setup(self, device: str) -> None:
+        self.model = self.model.to(device).eval()
+        self.catch = LayerCatcher(self.model, self.layer)
+
+    def preprocess(self, x: Any) -> Any:
+        import torch
+
+        if type(x).__name__ == "Tensor":
+            return x.detach().to(torch.float32)
+        return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+    def forward(self, batch: Any) -> Any:
+        return pool(self.catch(batch), self.pool)
+
+    def postprocess(self, output: Any) -> list[np.ndarray]:
+        return list(output.float().numpy())
