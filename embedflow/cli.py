@@ -123,6 +123,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from .layers import layer_table, model_and_sample
+
+    size = tuple(int(v) for v in args.input_size.split(",")) if args.input_size else None
+    try:
+        model, sample = model_and_sample(args.model, size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    rows = layer_table(model, sample)
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{'layer':<{width}}  {'type':<20} output shape (input {tuple(sample.shape)})")
+    for name, kind, shape in rows:
+        print(f"{name:<{width}}  {kind:<20} {shape}")
+    top = [n for n, _ in model.named_children()]
+    print(f"top-level layers (layer=-1 is the last): {', '.join(top)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``embedflow`` command."""
     parser = argparse.ArgumentParser(prog="embedflow", description="Turn data into embedding vectors.")
@@ -142,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
+
+    layers = sub.add_parser("layers", help="list a model's layers and output shapes (names for layer=)")
+    layers.add_argument("model", help="a timm architecture (resnet18) or an importable 'package.module:factory'")
+    layers.add_argument("--input-size", help="C,H,W of one sample (default: the timm model's own)")
+    layers.set_defaults(func=_cmd_layers)
 
     for name, func, text in (("explain", _cmd_explain, "print a pipeline's plan; nothing runs"), ("validate", _cmd_validate, "check a pipeline file, its operators and parameters")):
         cmd = sub.add_parser(name, help=text)

@@ -26,7 +26,7 @@ from .engines import ENGINES, get_engine
 from .errors import ColumnError, ParameterError, PlanError, UnknownOperatorError, did_you_mean
 from .failures import FailureLog
 from .operator import FunctionOperator, Operator, is_operator_class
-from .plan import EXECUTION_OPTIONS, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step, check_device
+from .plan import EXECUTION_OPTIONS, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step, Whole, check_device
 from .progress import progress_bar
 from .scheduler import RunStats
 from .selectors import Selectable, column_list, io_selectors
@@ -183,6 +183,55 @@ class DataCollection:
         self._check_inputs("flat_map", inputs)
         step = FlatMap(fn=fn, inputs=inputs, outputs=outputs, on_error=self._on_error)
         return self._with(step, columns=self._columns_after(inputs, outputs))
+
+    @Selectable
+    def project(self, dim: int = 2, method: str = "pca", *, _key: Any = None) -> DataCollection:
+        """Project every vector to ``dim`` (2 or 3) dimensions to look at them: a step that
+        waits for the whole stream, then emits each row with its point.
+
+        ``method`` is ``pca`` (numpy only), ``tsne`` (scikit-learn) or ``umap`` (umap-learn).
+
+        >>> import embedflow as ef, numpy as np
+        >>> pts = ef.dc([np.array([0.0, 0, 0]), np.array([1.0, 1, 0]), np.array([2.0, 2, 1])]).project(dim=2).to_numpy()
+        >>> pts.shape
+        (3, 2)
+        """
+        from .projection import METHODS, Projector
+
+        if dim not in (1, 2, 3) or isinstance(dim, bool):
+            msg = f"project(dim={dim!r}): use 2 or 3 (or 1)"
+            raise PlanError(msg)
+        if method not in METHODS:
+            msg = f"project(method={method!r}): use one of {', '.join(METHODS)}"
+            raise PlanError(msg)
+        inputs, outputs = io_selectors(_key, "project") if _key is not None else (None, None)
+        self._check_inputs("project", inputs)
+        step = Whole(name="project", fn=Projector(dim, method, inputs, outputs), inputs=inputs, outputs=outputs, on_error=self._on_error)
+        return self._with(step, columns=self._columns_after(inputs, outputs))
+
+    def plot(self, path: str | os.PathLike[str], column: str | None = None, label: str | None = None, annotate: str | None = None, title: str | None = None) -> Any:
+        """Run the plan and save a PNG scatter of its 2-D or 3-D points (needs matplotlib:
+        ``pip install 'embedflow[viz]'``), coloured by the ``label`` column and annotated with
+        the ``annotate`` column. Returns the path.
+
+        >>> import embedflow as ef, numpy as np, tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "pts.png")
+        >>> ef.dc["xy", "name"]([(np.array([0.0, 1.0]), "a"), (np.array([1.0, 0.0]), "b")]).plot(p, label="name").endswith("pts.png")
+        True
+        """
+        from .io.sinks import vector_column
+        from .projection import plot
+
+        rows = self.to_list()
+        if self._named:
+            column = column or vector_column(True, self._columns, rows[0] if rows else None, None)
+            points = [r[column] for r in rows]
+        else:
+            points = rows
+        labels = [r[label] for r in rows] if label else None
+        notes = [r[annotate] for r in rows] if annotate else None
+        plot(points, path, labels, notes, title)
+        return str(path)
 
     def batch(self, n: int) -> DataCollection:
         """Group consecutive rows into lists of ``n`` rows (the last may be shorter).

@@ -200,6 +200,23 @@ class Project(Step):
 
 
 @dataclass(frozen=True)
+class Whole(Step):
+    """A step that needs every row at once (a projection): ``fn(rows) -> rows``."""
+
+    name: str
+    fn: Callable[[list[Any]], list[Any]] = field(compare=False)
+    inputs: tuple[str, ...] | None = None
+    outputs: tuple[str, ...] | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.name
+
+    def describe(self) -> str:
+        return repr(self.fn) + _io(self.inputs, self.outputs) + "  (waits for every row)"
+
+
+@dataclass(frozen=True)
 class Plan:
     """A source, its steps, and run-wide settings. Immutable: ``then`` returns a new plan."""
 

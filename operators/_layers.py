@@ -10,6 +10,7 @@ Shared by ``embedding.torch`` and the ``layer=`` parameter of ``image_embedding.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from embedflow.errors import did_you_mean
@@ -61,8 +62,13 @@ class LayerCatcher:
         self.model = model
         self.name, self.module = resolve_layer(model, layer)
         self.caught: Any = None
+        self._owner: int | None = None
 
     def _hook(self, _module: Any, _inputs: Any, output: Any) -> None:
+        # hooks are per module, not per caller: two steps may run the same model at once in
+        # two threads (the logits and the penultimate layer), each must see only its own call
+        if threading.get_ident() != self._owner:
+            return
         self.caught = output
         raise _Stop
 
@@ -70,6 +76,7 @@ class LayerCatcher:
         """The layer's output for this input; the hook lives only during this call, so the
         model behaves as before everywhere else."""
         self.caught = None
+        self._owner = threading.get_ident()
         handle = self.module.register_forward_hook(self._hook)
         try:
             self.model(*args, **kwargs)

@@ -8,31 +8,14 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
 
 from embedflow import Operator
+from embedflow.layers import load_factory
 
 from ._layers import POOLS, LayerCatcher, pool
-
-
-def load_factory(spec: str) -> Any:
-    """``"package.module:factory"`` -> the module object that ``factory()`` returns (an
-    installed, importable module: a file never carries code)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        msg = f"model={spec!r}: write an importable factory as 'package.module:function'"
-        raise ValueError(msg)
-    try:
-        obj = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        msg = f"model={spec!r}: cannot import {attr!r} from {module_name!r} ({exc})"
-        raise ValueError(msg) from exc
-    return obj() if callable(obj) and not hasattr(obj, "forward") else obj
 
 
 class TorchLayerEmbedding(Operator):

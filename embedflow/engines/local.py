@@ -31,11 +31,11 @@ from ..devices import resolve_devices
 from ..errors import EmbedflowError
 from ..failures import FailureLog
 from ..operator import Operator
-from ..plan import Apply, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step
+from ..plan import Apply, Batch, Filter, FlatMap, Head, Plan, Project, Source, Step, Whole
 from ..rows import read_inputs, write_outputs
 from ..scheduler import END, Channel, Run, RunStats, StageStats
 from .base import Engine
-from .steps import Chunk, Guard, apply_items, batch_rows, drop_skipped, filter_rows, flat_map_rows, head_rows, project_rows
+from .steps import Chunk, Guard, apply_items, batch_rows, drop_skipped, filter_rows, flat_map_rows, head_rows, project_rows, whole_rows
 
 MAX_CHUNK = 256
 CHANNEL_CHUNKS = 4  # chunks buffered between two stages
@@ -215,6 +215,8 @@ def _compose(step: Step, chunks: Iterator[Chunk], failures: FailureLog, ops: dic
         return head_rows(step, chunks)
     if isinstance(step, Project):
         return project_rows(step, chunks)
+    if isinstance(step, Whole):
+        return whole_rows(step, chunks)
     msg = f"the local engine cannot run a {type(step).__name__} step"
     raise EmbedflowError(msg)
 

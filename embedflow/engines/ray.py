@@ -243,6 +243,10 @@ class RayEngine(Engine):
         import_ray()
 
     def execute(self, plan: Plan, failures: FailureLog, stats: RunStats | None = None, progress: Callable[[int], Any] | None = None) -> Iterator[tuple[Sequence[int], list[Any]]]:
+        for step in plan.steps:  # before Ray starts: fail fast
+            if isinstance(step, Batch) or step.kind == "project":
+                msg = f"{step.kind}() has no Ray Data form in embedflow yet; run this chain with set_engine('local')"
+                raise PlanError(msg)
         ray = ensure_ray(self.address)
         source = plan.source
         rows = list(source.open())
@@ -254,9 +258,6 @@ class RayEngine(Engine):
         ds = ray.data.from_items(items, override_num_blocks=blocks)
         cheap: list[Step] = []
         for step in plan.steps:
-            if isinstance(step, Batch):
-                msg = "batch() has no Ray Data form in embedflow yet; run this chain with set_engine('local')"
-                raise PlanError(msg)
             if isinstance(step, Head):
                 ds = self._flush(ds, cheap)
                 cheap = []

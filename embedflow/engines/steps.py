@@ -153,3 +153,17 @@ def project_rows(step: Project, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         else:
             new = [{k: v for k, v in row.items() if k not in cols} for row in rows]
         yield keys, new
+
+
+def whole_rows(step: Any, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """Gather every row, apply the step's function once, emit the result as one chunk."""
+    keys: list[int] = []
+    rows: list[Any] = []
+    for k, r in chunks:
+        keys.extend(k)
+        rows.extend(r)
+    out = step.fn(rows)
+    if len(out) != len(rows):
+        msg = f"{step.name}: returned {len(out)} rows for {len(rows)}"
+        raise ValueError(msg)
+    yield keys, out
