@@ -140,14 +140,20 @@ def test_layers_command_lists_names_and_shapes(capsys):
     assert "layer3" in out and "(1, 256, 14, 14)" in out and "top-level layers" in out
 
 
-@pytest.mark.slow
-def test_digit_example_penultimate_layer_beats_raw_pixels(tmp_path):
+def example(name: str):
+    """A script of examples/ imported as a module."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "examples"))
     try:
-        import digits
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    result = digits.main(out_dir=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_digit_example_penultimate_layer_beats_raw_pixels(tmp_path):
+    result = example("digits").main(out_dir=str(tmp_path))
     assert result["penultimate layer (64 values)"] > result["raw pixels (64 values)"] + 0.03
     assert result["before softmax (10 values)"] > result["raw pixels (64 values)"]
     assert (tmp_path / "digits.png").stat().st_size > 10_000
@@ -155,12 +161,7 @@ def test_digit_example_penultimate_layer_beats_raw_pixels(tmp_path):
 
 @pytest.mark.slow
 def test_word_example_puts_alligator_next_to_crocodile(tmp_path):
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import words
-    finally:
-        sys.path.pop(0)
-    neighbours = words.main(out_dir=str(tmp_path))
+    neighbours = example("words").main(out_dir=str(tmp_path))
     assert neighbours["alligator"][0][0] == "crocodile"
     assert neighbours["violin"][0][0] == "cello"
     assert (tmp_path / "words.png").exists()
