@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmbedflowError, PlanError
+from .writers import plain_value
 
 INSTALL_HINT = "Milvus support needs pymilvus and Milvus Lite, which are not installed: pip install 'embedflow[milvus]'"
 METRICS = ("COSINE", "IP", "L2")
@@ -30,16 +31,6 @@ def client(uri: str | os.PathLike[str], token: str | None = None) -> Any:
     if "://" not in text:
         os.makedirs(os.path.dirname(os.path.abspath(text)) or ".", exist_ok=True)
     return MilvusClient(uri=text, token=token or os.environ.get("MILVUS_TOKEN", ""))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 class MilvusWriter:
@@ -76,7 +67,7 @@ class MilvusWriter:
         vec = np.asarray(row[self.vector], dtype=np.float32).ravel()
         entity = {"id": str(key), "vector": vec.tolist()}
         for name in self.fields if self.fields is not None else [c for c in row if c != self.vector]:
-            value = _plain(row[name])
+            value = plain_value(row[name])
             if isinstance(value, (str, int, float, bool)) or value is None:
                 entity[name] = value
         self.pending.append(entity)

@@ -44,7 +44,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _jsonable(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """A value JSON and Milvus can store: arrays become lists, numpy scalars and paths plain."""
     value = as_numpy(value)
     if isinstance(value, np.ndarray):
         return value.tolist()
@@ -94,7 +95,7 @@ def write_jsonl(path: Path, records: Iterator[Record]) -> int:
     count = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for _row, _key, row in records:
-            f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+            f.write(json.dumps({k: plain_value(v) for k, v in row.items()}) + "\n")
             count += 1
     return count
 
