@@ -224,7 +224,7 @@ class DataCollection:
 
         rows = self.to_list()
         if self._named:
-            column = column or vector_column(True, self._columns, rows[0] if rows else None, None)
+            column = column or vector_column(True, rows[0] if rows else None, None)
             points = [r[column] for r in rows]
         else:
             points = rows
@@ -498,7 +498,7 @@ class DataCollection:
         """
         from .io.sinks import to_numpy
 
-        return to_numpy(self._chunks(), self._named, self._columns, column)
+        return to_numpy(self._chunks(), self._named, column)
 
     def to_arrow(self) -> Any:
         """Run the plan and return a ``pyarrow.Table`` (vectors as fixed-size lists).

@@ -206,8 +206,8 @@ def load_pipeline(path: str | Path, **params: Any) -> DataCollection:
     """The lazy DataCollection a pipeline file describes (its sink is not run).
 
     >>> import embedflow as ef
-    >>> ef.load_pipeline("pipelines/text_embedding.yaml").columns  # doctest: +SKIP
-    ('text', 'vec')
+    >>> ef.load_pipeline("pipelines/image_embedding.yaml").columns
+    ('path', 'img', 'vec')
     """
     return read_pipeline(path, **params).collection
 

@@ -168,19 +168,11 @@ def start_model_stage(
 
     # ---- forward: one thread per device replica ---------------------------------------------
     def forward_loop(device: str, replica: Operator, stats: StageStats) -> None:
-        import torch
 
         context = autocast(device, step.options.dtype)
 
         def run_batch(collated: Any, n: int) -> list[Any]:
-            with torch.inference_mode(), context():
-                output = replica.forward(move(collated, device, non_blocking=pin_memory))
-                output = move(output, "cpu")
-            results = replica.postprocess(output)
-            if len(results) != n:
-                msg = f"{step.name}.postprocess returned {len(results)} results for a batch of {n}"
-                raise EmbedflowError(msg)
-            return results
+            return forward_batch(replica, step.name, collated, n, device, context, non_blocking=pin_memory)
 
         while True:
             entry = batches.get(stats)
@@ -242,6 +234,21 @@ def start_model_stage(
     for (device, replica), stats in zip(replicas, s_fwd):
         run.start(f"{step.name}-forward-{device}", lambda d=device, r=replica, s=stats: forward_loop(d, r, s))
     run.start(f"{step.name}-collect", collect_loop)
+
+
+def forward_batch(op: Operator, name: str, collated: Any, n: int, device: str, context: Callable[[], Any], non_blocking: bool = False) -> list[Any]:
+    """One batch on the device: move it there, ``forward`` under ``inference_mode`` and
+    autocast, move the output back to the CPU, ``postprocess`` to ``n`` results. Shared by the
+    local and the Ray engine."""
+    import torch
+
+    with torch.inference_mode(), context():
+        output = move(op.forward(move(collated, device, non_blocking=non_blocking)), "cpu")
+    results = op.postprocess(output)
+    if len(results) != n:
+        msg = f"{name}.postprocess returned {len(results)} results for a batch of {n}"
+        raise EmbedflowError(msg)
+    return results
 
 
 def _one_by_one(group: list[tuple[int, int, Any, Any]], exc: Exception, run_batch: Any, replica: Operator, guard: Guard) -> list[Any]:

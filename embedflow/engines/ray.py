@@ -157,11 +157,10 @@ class _ModelActor:
         self.autocast = autocast(self.device, self.step.options.dtype)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
 
         from ..batching import cut_window
         from ..rows import read_inputs, write_outputs
-        from .model_stage import _one_by_one
+        from .model_stage import _one_by_one, forward_batch
 
         keys, rows, passed = _decode(batch)
         log = _Collector()
@@ -178,15 +177,7 @@ class _ModelActor:
         size = step.options.batch_size or type(op).default_batch_size
 
         def run_batch(collated: Any, n: int) -> list[Any]:
-            from ..devices import move
-
-            with torch.inference_mode(), self.autocast():
-                output = move(op.forward(move(collated, self.device)), "cpu")
-            results = op.postprocess(output)
-            if len(results) != n:
-                msg = f"{step.name}.postprocess returned {len(results)} results for a batch of {n}"
-                raise EmbedflowError(msg)
-            return results
+            return forward_batch(op, step.name, collated, n, self.device, self.autocast)
 
         done: dict[int, Any] = {}
         key_fn = (lambda it: it[3][1]) if sort_key else None

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ColumnError, PlanError
 
 
-def vector_column(named: bool, columns: tuple[str, ...] | None, first: Any, column: str | None) -> str | None:
+def vector_column(named: bool, first: Any, column: str | None) -> str | None:
     """Which column ``to_numpy`` stacks: the one asked for, or the only array-valued one."""
     if not named:
         if column is not None:
@@ -52,14 +52,14 @@ def stack(values: list[Any], what: str) -> np.ndarray:
     return np.stack(arrays)
 
 
-def to_numpy(chunks: Iterator[list[Any]], named: bool, columns: tuple[str, ...] | None, column: str | None) -> np.ndarray:
+def to_numpy(chunks: Iterator[list[Any]], named: bool, column: str | None) -> np.ndarray:
     """Stack every row (or one column of named rows) into an array of shape (rows, ...)."""
     values: list[Any] = []
     chosen: str | None = None
     decided = False
     for rows in chunks:
         if not decided:
-            chosen = vector_column(named, columns, rows[0] if rows else None, column)
+            chosen = vector_column(named, rows[0] if rows else None, column)
             decided = True
         if chosen is None:
             values.extend(rows)
