@@ -47,11 +47,22 @@ def plugin(tmp_path):
     return site
 
 
-def embedflow(args, plugin=None, env=None, **kwargs):
+# A shell that starts jobs in the background (as CI may) leaves SIGINT ignored in them, and Python
+# then never raises KeyboardInterrupt. The launcher restores the default disposition and execs the
+# CLI. It is not a ``preexec_fn``: that forces a plain fork() of the pytest process, and after the
+# Ray tests gRPC's fork handlers can abort the child (SIGABRT, "epoll_wait error: Bad file descriptor").
+DEFAULT_SIGINT_LAUNCHER = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'embedflow', *sys.argv[1:]])"
+)
+
+
+def embedflow(args, plugin=None, env=None, default_sigint=False, **kwargs):
     full_env = {**os.environ, "EMBEDFLOW_PROGRESS": "0", **(env or {})}
     if plugin is not None:
         full_env["PYTHONPATH"] = str(plugin) + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.Popen([sys.executable, "-m", "embedflow", *args], env=full_env, cwd=kwargs.pop("cwd", ROOT),
+    command = [sys.executable, "-c", DEFAULT_SIGINT_LAUNCHER] if default_sigint else [sys.executable, "-m", "embedflow"]
+    return subprocess.Popen([*command, *args], env=full_env, cwd=kwargs.pop("cwd", ROOT),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -126,10 +137,8 @@ def test_ctrl_c_saves_finished_rows_and_exits_130(tmp_path, plugin):
     out = tmp_path / "out" / "v.parquet"
     log = tmp_path / "log.txt"
     args = ["run", str(pipeline), "--param", "delay=0.01"]
-    # a shell that starts jobs in the background (as CI may) leaves SIGINT ignored in them,
-    # and Python then never raises KeyboardInterrupt: give the child the default handler
     proc = embedflow(args, plugin, {"EMBEDFLOW_SHARD_ROWS": "100000", "EMBEDFLOW_SHARD_SECONDS": "1000"},
-                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                     default_sigint=True)
     deadline = time.time() + 60
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 100):
         assert proc.poll() is None, proc.communicate()
