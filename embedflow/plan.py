@@ -14,7 +14,7 @@ DataCollection plan (nothing has run; device=auto, engine=local)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,6 +76,9 @@ class Source:
     columns: tuple[str, ...] | None = None  # known column names in named mode, else None
     spec: dict[str, Any] | None = field(default=None, compare=False)  # its YAML form, if any
     keyed: bool = False  # open() yields (row number, row) pairs instead of rows (resumed runs)
+    # for file sources: the file cut into picklable ranges, each yielding (row number, row)
+    # pairs, for engines that read on other processes (see io/parts.py); None: one stream only
+    parts: Callable[[], Sequence[Callable[[], Iterator[tuple[int, Any]]]]] | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         cols = f" -> {', '.join(self.columns)}" if self.named and self.columns else ""

@@ -20,7 +20,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 from .collection import DataCollection
 from .errors import EmbedflowError
 from .io.arrow import batch_to_rows, rows_to_table
+from .io.parts import ResumedPart, resumed_parts, total_rows
 from .io.writers import Record, atomic_path, write_lines, write_output
 from .pipeline import Pipeline
 from .yaml_loader import PipelineError
@@ -187,9 +188,13 @@ def run_pipeline(
     store = ShardStore(sink.path, fingerprint)
     done = store.open(resume)
     resumed = store.rows()
-    keys: dict[int, str] = {}  # source row number -> row key, for rows in flight
+    positional = pipeline.key is None  # the row key is the source row number
+    keys: dict[int, str] = {}  # source row number -> row key, for rows in flight (column keys)
     counts = {"read": 0}
     source = dc.plan.source
+
+    def key_of(position: int) -> str | None:
+        return str(position) if positional else keys.pop(position, None)
 
     def keyed_rows() -> Iterator[tuple[int, Any]]:
         for position, row in enumerate(source.open()):
@@ -199,17 +204,29 @@ def run_pipeline(
             ident = _identity(row, position, pipeline.key)
             if ident in done:
                 continue
-            keys[position] = ident
+            if not positional:
+                keys[position] = ident
             yield position, row
+
+    parts: Callable[[], list[ResumedPart]] | None = None
+    if positional and source.parts is not None:  # an engine that reads on its workers skips done rows there
+        cut = source.parts
+
+        def remaining_parts() -> list[ResumedPart]:
+            remaining = resumed_parts(cut(), {int(k) for k in done}, limit)
+            counts["read"] = total_rows(remaining, limit)
+            return remaining
+
+        parts = remaining_parts
 
     failed = {"n": 0}
 
     def on_failure(record: dict[str, Any]) -> None:
         failed["n"] += 1
-        record["key"] = keys.pop(record["row"], None) if record.get("row") is not None else None
+        record["key"] = key_of(record["row"]) if record.get("row") is not None else None
         store.record_failure(record)
 
-    plan = replace(dc.plan, source=replace(source, open=keyed_rows, keyed=True), errors=on_failure)
+    plan = replace(dc.plan, source=replace(source, open=keyed_rows, keyed=True, parts=parts), errors=on_failure)
     run = DataCollection(plan, dc.named, dc.columns, "raise")
     wanted = sink.columns
     start = time.perf_counter()
@@ -219,7 +236,7 @@ def run_pipeline(
         for positions, rows in run._keyed_chunks(progress=progress):
             for position, row in zip(positions, rows):
                 out = {c: row[c] for c in wanted} if wanted else row
-                buffer.append((position, keys.pop(position), out))
+                buffer.append((position, key_of(position), out))
             if len(buffer) >= SHARD_ROWS or time.perf_counter() - last_commit >= SHARD_SECONDS:
                 store.commit(buffer)
                 buffer, last_commit = [], time.perf_counter()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import embedflow as ef
+from embedflow.collection import DataCollection
+from embedflow.errors import EmbedflowError, ItemError
 from embedflow.pipeline import read_pipeline
-from embedflow.runner import run_pipeline
+from embedflow.runner import ShardStore, run_pipeline
 
 from .conftest import ROOT
 
@@ -103,3 +108,90 @@ def test_without_ray_the_message_says_how_to_install():
 def test_the_core_never_imports_ray():
     code = "import sys, embedflow as ef; ef.dc([1]).map(abs).to_list(); assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Cut file sources into many small parts, so that several Ray tasks read each file."""
+    from embedflow.io import parts
+
+    monkeypatch.setattr(parts, "TARGET_BYTES", 256)
+    monkeypatch.setattr(parts, "TARGET_ROWS", 40)
+
+
+def refusing_driver_reads(chain):
+    """The same chain, but its source fails if it is read in this (the driver) process."""
+
+    def refuse():
+        raise AssertionError("the source was read on the driver")
+
+    plan = chain._plan
+    return DataCollection(replace(plan, source=replace(plan.source, open=refuse)), chain._named, chain.columns, "raise")
+
+
+@pytest.mark.parametrize("kind", ["read_text", "read_jsonl", "read_parquet"])
+def test_file_sources_are_read_by_ray_tasks_in_order(tmp_path, small_parts, kind):
+    lines = [f"sentence number {i}" + "!" * (i % 7) for i in range(700)]
+    if kind == "read_text":
+        path = tmp_path / "t.txt"
+        path.write_text("\n".join(lines) + "\n")
+        chain = ef.read_text["text"](path)
+    elif kind == "read_jsonl":
+        path = tmp_path / "t.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "i": i}) + ("\n\n" if i % 5 == 0 else "\n") for i, t in enumerate(lines)))
+        chain = ef.read_jsonl["text"](path)
+    else:
+        path = tmp_path / "t.parquet"
+        pq.write_table(pa.table({"text": lines, "i": list(range(700))}), path, row_group_size=33)
+        chain = ef.read_parquet["text"](path)
+    assert len(chain._plan.source.parts()) > 5
+    chain = chain.map["text", "n"](len).filter(lambda r: r["n"] % 3 != 0)
+    local = chain.to_list()
+    assert len(local) > 400
+    assert refusing_driver_reads(chain.set_engine("ray")).to_list() == local
+
+
+def test_a_resumed_run_on_ray_reads_only_the_rows_not_yet_done(tmp_path, small_parts):
+    sentences = ROOT / "data" / "texts" / "sentences.txt"
+    reference = tmp_path / "reference.parquet"
+    run_pipeline(read_pipeline(ROOT / "pipelines" / "text_embedding.yaml", input=str(sentences), output=str(reference)), progress=False)
+    expected = pq.read_table(reference).to_pylist()
+    # an earlier run committed rows 0-49; its vectors are marked (zeros) to tell them apart
+    out = tmp_path / "v.parquet"
+    pipeline = read_pipeline(ROOT / "pipelines" / "text_embedding.yaml", input=str(sentences), output=str(out))
+    store = ShardStore(out, pipeline.fingerprint())
+    store.open(resume=True)
+    store.commit([(i, str(i), {"text": r["text"], "vec": np.zeros(384, np.float32)}) for i, r in enumerate(expected[:50])])
+    summary = run_pipeline(replace(pipeline, collection=refusing_driver_reads(pipeline.collection)), engine="ray", progress=False)
+    assert (summary.read, summary.resumed, summary.written, summary.failed) == (120, 50, 120, 0)
+    got = pq.read_table(out).to_pylist()
+    assert [r["text"] for r in got] == [r["text"] for r in expected]  # each row once, in order
+    assert all(not any(r["vec"]) for r in got[:50])  # the done rows were not computed again
+    np.testing.assert_allclose(np.array([r["vec"] for r in got[50:]]), np.array([r["vec"] for r in expected[50:]]), atol=1e-5)
+
+
+class FailsOnFive(ef.Operator):
+    """A batchable operator (it runs in a Ray actor) that fails on the item 5."""
+
+    batchable = True
+
+    def forward(self, batch):
+        if 5 in batch:
+            raise ValueError("five is bad")
+        return batch
+
+
+def test_an_error_on_ray_reaches_the_caller_as_itself_with_its_cause(tmp_path):
+    def bad(x):
+        if x == 5:
+            raise ValueError("five is bad")
+        return x
+
+    for chain in (ef.dc(range(10)).map(bad), ef.dc(range(10)).map(abs).map(FailsOnFive(), batch_size=4)):
+        with pytest.raises(ItemError, match=r"map failed on row 5 .*ValueError: five is bad") as err:
+            chain.set_engine("ray").to_list()
+        assert isinstance(err.value.__cause__, ValueError)
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\nnot json\n')
+    with pytest.raises(EmbedflowError, match=r"^.*t\.jsonl:4: not valid JSON"):
+        ef.read_jsonl(path).map(lambda r: r).set_engine("ray").to_list()

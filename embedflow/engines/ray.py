@@ -2,10 +2,13 @@
 
 Lowering, node by node:
 
-* the **source** is read on the driver, in order (as for the local engine: file listings,
-  lines, JSON/CSV/Parquet rows — light rows), and handed to Ray with ``ray.data.from_items``
-  in blocks; each row travels as one pickled ``__payload`` with its source row number
-  ``__row``, so any Python value (arrays, images) survives the trip unchanged;
+* a **file source that can be cut** (Parquet row groups, ranges of text or JSON lines: see
+  ``io/parts.py``) becomes ``ray.data.read_datasource`` with one read task per part, so the
+  rows are read on the workers; other sources (listings, in-memory items, CSV) are read on
+  the driver, in order, and handed to Ray with ``ray.data.from_items`` in blocks. Either way
+  each row travels as one pickled ``__payload`` with its source row number ``__row``, so any
+  Python value (arrays, images) survives the trip unchanged and order, resume keys and
+  failure records match the local engine;
 * consecutive **cheap and per-item steps** (functions, filter, flat_map, select, decode) become
   one ``map_batches`` task;
 * a **batchable operator** becomes ``map_batches`` over an actor class that builds the operator
@@ -21,6 +24,7 @@ Failures under ``.safe()`` travel as marked rows to the driver, which records th
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -31,7 +35,7 @@ from typing import Any
 from ..errors import EmbedflowError, PlanError
 from ..failures import Failure, FailureLog
 from ..operator import Operator
-from ..plan import Apply, Batch, Head, Plan, Step
+from ..plan import Apply, Batch, Head, Plan, Source, Step
 from ..scheduler import RunStats
 from .base import Engine
 from .local import is_batched
@@ -39,7 +43,8 @@ from .steps import SKIPPED, Guard, apply_items, filter_rows, flat_map_rows, proj
 
 INSTALL_HINT = "the ray engine needs Ray, which is not installed: pip install 'embedflow[ray]'"
 ROWS_PER_BLOCK = 64
-_FAILED = "__embedflow_failure__"
+_FAILED = "__embedflow_failure__"  # a row skipped under .safe(): (marker, failure record)
+_RAISED = "__embedflow_raised__"  # a step raised: (marker, exception, its cause)
 
 
 def import_ray() -> Any:
@@ -70,12 +75,19 @@ def ensure_ray(address: str | None = None) -> Any:
 
 
 # --------------------------------------------------------------------------- batch codecs
+def _marker(value: Any) -> str | None:
+    """``_FAILED`` or ``_RAISED`` when a payload is a marker instead of a row."""
+    if isinstance(value, tuple) and value and isinstance(value[0], str) and value[0] in (_FAILED, _RAISED):
+        return value[0]
+    return None
+
+
 def _decode(batch: dict[str, Any]) -> tuple[list[int], list[Any], list[bytes]]:
-    """Rows and their numbers from a Ray batch; failure markers are passed through."""
+    """Rows and their numbers from a Ray batch; markers are passed through."""
     keys, rows, failures = [], [], []
     for key, payload in zip(batch["__row"], batch["__payload"]):
         value = pickle.loads(payload)
-        if isinstance(value, tuple) and len(value) == 2 and value[0] == _FAILED:
+        if _marker(value):
             failures.append(payload)
             continue
         keys.append(int(key))
@@ -94,6 +106,24 @@ def _encode(keys: Sequence[int], rows: list[Any], failures: list[bytes], failed:
     return {"__row": np.asarray(numbers, dtype=np.int64), "__payload": out}
 
 
+def _carry_errors(call: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Send a step's exception to the driver as a marker row: raised in a Ray task, Ray would
+    replace it with its own ("UDF failed to process a data block") and lose the row and cause."""
+
+    @functools.wraps(call)
+    def run(*args: Any) -> dict[str, Any]:
+        try:
+            return call(*args)
+        except Exception as exc:  # noqa: BLE001 - re-raised on the driver
+            try:
+                payload = pickle.dumps((_RAISED, exc, exc.__cause__), protocol=5)
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: keep its text
+                payload = pickle.dumps((_RAISED, EmbedflowError(f"{type(exc).__name__}: {exc}"), None), protocol=5)
+            return _encode([], [], [payload], [])
+
+    return run
+
+
 class _Collector(FailureLog):
     """A FailureLog that keeps records to send back to the driver."""
 
@@ -110,6 +140,7 @@ class _Collector(FailureLog):
 
 # --------------------------------------------------------------------------- stages
 def _cheap_stage(steps: list[Step]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    @_carry_errors
     def run(batch: dict[str, Any]) -> dict[str, Any]:
         keys, rows, passed = _decode(batch)
         log = _Collector()
@@ -156,6 +187,7 @@ class _ModelActor:
         self.op.setup(self.device)
         self.autocast = autocast(self.device, self.step.options.dtype)
 
+    @_carry_errors
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
 
         from ..batching import cut_window
@@ -223,6 +255,69 @@ def use_gpu_guess(device: str, gpus_in_cluster: float) -> bool:
     return device.startswith("cuda") or (device == "auto" and gpus_in_cluster > 0)
 
 
+# --------------------------------------------------------------------------- the source
+def _read_source(source: Source, ray: Any) -> Any:
+    """The source as a Ray dataset of ``{__row, __payload}`` rows, or None when it is empty.
+
+    File sources that can be cut (Parquet row groups, ranges of lines) are read by Ray tasks,
+    one per part; the others (listings, in-memory items, CSV) are read here, in order.
+    """
+    if source.parts is not None:
+        parts = list(source.parts())
+        if not parts:
+            return None
+        return ray.data.read_datasource(_parts_datasource()(parts), override_num_blocks=len(parts))
+    rows = list(source.open())
+    pairs = rows if source.keyed else list(enumerate(rows))
+    items = [{"__row": int(k), "__payload": pickle.dumps(r, protocol=5)} for k, r in pairs]
+    if not items:
+        return None
+    blocks = max(1, min(200, -(-len(items) // ROWS_PER_BLOCK)))
+    return ray.data.from_items(items, override_num_blocks=blocks)
+
+
+def _read_part(part: Callable[[], Iterator[tuple[int, Any]]]) -> Iterator[Any]:
+    """One part of a file source as Arrow blocks of encoded rows (runs in a Ray task)."""
+    import pyarrow as pa
+
+    numbers: list[int] = []
+    payloads: list[bytes] = []
+    for number, row in part():
+        numbers.append(number)
+        payloads.append(pickle.dumps(row, protocol=5))
+        if len(numbers) == ROWS_PER_BLOCK * 4:
+            yield pa.table({"__row": pa.array(numbers, pa.int64()), "__payload": pa.array(payloads, pa.binary())})
+            numbers, payloads = [], []
+    if numbers:
+        yield pa.table({"__row": pa.array(numbers, pa.int64()), "__payload": pa.array(payloads, pa.binary())})
+
+
+@functools.cache
+def _parts_datasource() -> type:
+    """A Ray ``Datasource`` over source parts, one read task each (defined once Ray is imported)."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class PartsDatasource(Datasource):
+        def __init__(self, parts: list[Any]):
+            super().__init__()
+            self.parts = parts
+
+        def get_name(self) -> str:
+            return "EmbedflowSource"
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[Any]:
+            return [
+                ReadTask(functools.partial(_read_part, part), BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None), per_task_row_limit=per_task_row_limit)
+                for part in self.parts
+            ]
+
+    return PartsDatasource
+
+
 # --------------------------------------------------------------------------- the engine
 class RayEngine(Engine):
     """Runs a plan on Ray Data (see the module docstring)."""
@@ -239,14 +334,9 @@ class RayEngine(Engine):
                 msg = f"{step.kind}() has no Ray Data form in embedflow yet; run this chain with set_engine('local')"
                 raise PlanError(msg)
         ray = ensure_ray(self.address)
-        source = plan.source
-        rows = list(source.open())
-        pairs = rows if source.keyed else list(enumerate(rows))
-        items = [{"__row": int(k), "__payload": pickle.dumps(r, protocol=5)} for k, r in pairs]
-        if not items:
+        ds = _read_source(plan.source, ray)
+        if ds is None:
             return
-        blocks = max(1, min(200, -(-len(items) // ROWS_PER_BLOCK)))
-        ds = ray.data.from_items(items, override_num_blocks=blocks)
         cheap: list[Step] = []
         for step in plan.steps:
             if isinstance(step, Head):
@@ -260,20 +350,29 @@ class RayEngine(Engine):
             else:
                 cheap.append(step)
         ds = self._flush(ds, cheap)
-        for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
-            out_keys, out_rows = [], []
-            for key, payload in zip(batch["__row"], batch["__payload"]):
-                value = pickle.loads(payload)
-                if isinstance(value, tuple) and len(value) == 2 and value[0] == _FAILED:
-                    record = value[1]
-                    failures.record(Failure(record["row"], record["step"], record["error_type"], record["message"], record["item"]))
-                    continue
-                out_keys.append(int(key))
-                out_rows.append(value)
-            if out_rows:
-                if progress is not None:
-                    progress(len(out_rows))
-                yield out_keys, out_rows
+        try:
+            for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+                out_keys, out_rows = [], []
+                for key, payload in zip(batch["__row"], batch["__payload"]):
+                    value = pickle.loads(payload)
+                    if _marker(value) == _RAISED:
+                        _, error, cause = value
+                        raise error from cause
+                    if _marker(value) == _FAILED:
+                        record = value[1]
+                        failures.record(Failure(record["row"], record["step"], record["error_type"], record["message"], record["item"]))
+                        continue
+                    out_keys.append(int(key))
+                    out_rows.append(value)
+                if out_rows:
+                    if progress is not None:
+                        progress(len(out_rows))
+                    yield out_keys, out_rows
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)  # what the task raised, without Ray's wrapping
+            if not isinstance(cause, Exception):
+                raise
+            raise cause from exc
 
     @staticmethod
     def _flush(ds: Any, cheap: list[Step]) -> Any:

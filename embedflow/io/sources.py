@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import ColumnError, EmbedflowError
 from ..plan import Source
+from .parts import parts_of
 
 
 def _name_rows(values: Iterable[Any], columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
@@ -98,24 +99,28 @@ def from_text(path: str | os.PathLike[str], columns: tuple[str, ...] | None = No
     label = f"read_text({str(p)!r})"
     if columns:
         spec = {"read_text": str(p), "column": columns[0]}
-        return Source("read_text", label, lambda: _name_rows(_lines(p), columns[:1]), True, columns[:1], spec)
-    return Source("read_text", label, lambda: _lines(p), spec={"read_text": str(p)})
+        return Source("read_text", label, lambda: _name_rows(_lines(p), columns[:1]), True, columns[:1], spec, parts=lambda: parts_of(p, "read_text", columns[:1]))
+    return Source("read_text", label, lambda: _lines(p), spec={"read_text": str(p)}, parts=lambda: parts_of(p, "read_text", None))
 
 
 def _jsonl(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                msg = f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object"
-                raise EmbedflowError(msg) from exc
-            if not isinstance(row, dict):
-                msg = f"{path}:{lineno}: a JSON {type(row).__name__}, not an object; each line must be one JSON object"
-                raise EmbedflowError(msg)
-            yield _pick(row, columns, f"{path}:{lineno}")
+            if line.strip():
+                yield parse_json_line(line, path, lineno, columns)
+
+
+def parse_json_line(line: str, path: str | os.PathLike[str], lineno: int, columns: tuple[str, ...] | None) -> dict[str, Any]:
+    """One row of a JSON-lines file, or an error naming ``path:lineno``."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        msg = f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object"
+        raise EmbedflowError(msg) from exc
+    if not isinstance(row, dict):
+        msg = f"{path}:{lineno}: a JSON {type(row).__name__}, not an object; each line must be one JSON object"
+        raise EmbedflowError(msg)
+    return _pick(row, columns, f"{path}:{lineno}")
 
 
 def _pick(row: dict[str, Any], columns: tuple[str, ...] | None, where: str) -> dict[str, Any]:
@@ -132,7 +137,7 @@ def from_jsonl(path: str | os.PathLike[str], columns: tuple[str, ...] | None = N
     """Rows of a JSON-lines file (one object per line); ``columns`` keeps only those keys."""
     p = Path(path)
     spec = {"read_jsonl": str(p), **({"columns": list(columns)} if columns else {})}
-    return Source("read_jsonl", f"read_jsonl({str(p)!r})", lambda: _jsonl(p, columns), True, columns, spec)
+    return Source("read_jsonl", f"read_jsonl({str(p)!r})", lambda: _jsonl(p, columns), True, columns, spec, parts=lambda: parts_of(p, "read_jsonl", columns))
 
 
 def _csv(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
@@ -154,18 +159,22 @@ def _parquet(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, 
     from .arrow import batch_to_rows
 
     pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    if columns:
-        missing = [c for c in columns if c not in names]
-        if missing:
-            msg = f"{path}: no column {missing[0]!r}; the file has {names}"
-            raise ColumnError(msg)
+    check_parquet_columns(pf, path, columns)
     for batch in pf.iter_batches(batch_size=1024, columns=list(columns) if columns else None):
         yield from batch_to_rows(batch)
+
+
+def check_parquet_columns(file: Any, path: str | os.PathLike[str], columns: tuple[str, ...] | None) -> None:
+    """Fail with the file's column names when a wanted column is not in ``file`` (a ParquetFile)."""
+    names = file.schema_arrow.names
+    missing = [c for c in columns or () if c not in names]
+    if missing:
+        msg = f"{path}: no column {missing[0]!r}; the file has {names}"
+        raise ColumnError(msg)
 
 
 def from_parquet(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
     """Rows of a Parquet file, read in record batches; vector columns come back as numpy arrays."""
     p = Path(path)
     spec = {"read_parquet": str(p), **({"columns": list(columns)} if columns else {})}
-    return Source("read_parquet", f"read_parquet({str(p)!r})", lambda: _parquet(p, columns), True, columns, spec)
+    return Source("read_parquet", f"read_parquet({str(p)!r})", lambda: _parquet(p, columns), True, columns, spec, parts=lambda: parts_of(p, "read_parquet", columns))
