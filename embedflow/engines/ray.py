@@ -280,16 +280,19 @@ def _read_part(part: Callable[[], Iterator[tuple[int, Any]]]) -> Iterator[Any]:
     """One part of a file source as Arrow blocks of encoded rows (runs in a Ray task)."""
     import pyarrow as pa
 
+    def block(numbers: list[int], payloads: list[bytes]) -> Any:
+        return pa.table({"__row": pa.array(numbers, pa.int64()), "__payload": pa.array(payloads, pa.binary())})
+
     numbers: list[int] = []
     payloads: list[bytes] = []
     for number, row in part():
         numbers.append(number)
         payloads.append(pickle.dumps(row, protocol=5))
         if len(numbers) == ROWS_PER_BLOCK * 4:
-            yield pa.table({"__row": pa.array(numbers, pa.int64()), "__payload": pa.array(payloads, pa.binary())})
+            yield block(numbers, payloads)
             numbers, payloads = [], []
     if numbers:
-        yield pa.table({"__row": pa.array(numbers, pa.int64()), "__payload": pa.array(payloads, pa.binary())})
+        yield block(numbers, payloads)
 
 
 @functools.cache
