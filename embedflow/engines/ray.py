@@ -358,10 +358,11 @@ class RayEngine(Engine):
                 out_keys, out_rows = [], []
                 for key, payload in zip(batch["__row"], batch["__payload"]):
                     value = pickle.loads(payload)
-                    if _marker(value) == _RAISED:
+                    marker = _marker(value)
+                    if marker == _RAISED:
                         _, error, cause = value
                         raise error from cause
-                    if _marker(value) == _FAILED:
+                    if marker == _FAILED:
                         record = value[1]
                         failures.record(Failure(record["row"], record["step"], record["error_type"], record["message"], record["item"]))
                         continue
