@@ -1,11 +1,12 @@
 # The two commands a newcomer needs. Both create or refresh .venv first (scripts/bootstrap.sh).
 #   make run    the main job: the YAML pipeline pipelines/text_embedding.yaml on bundled data
-#   make test   run the whole test suite (what CI runs)
-# and one more example:
+#   make test   lint (ruff, import-linter layer contracts) and the whole test suite (what CI runs)
+# and more:
 #   make demo   embed the bundled sentences and photos in Python, print nearest neighbours
+#   make lint   only the linters
 PY := .venv/bin/python
 
-.PHONY: run demo test venv
+.PHONY: run demo test lint venv
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -16,5 +17,10 @@ run: venv
 demo: venv
 	$(PY) examples/quickstart.py
 
-test: venv
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports --no-cache
+
+test: lint
 	$(PY) -m pytest

@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, interleaved, report, table  # noqa: E402
+from _common import HERE, interleaved, report, table
 
-import embedflow as ef  # noqa: E402
+import embedflow as ef
 
 PHOTOS = HERE.parent / "data" / "images"
 
@@ -132,7 +132,13 @@ def main() -> int:
             return sum(1 for _ in pool.map(lambda p: transform(Image.open(p).convert("RGB")), paths))
 
     timings = interleaved(
-        {"embedflow": dc.to_numpy, "dataloader": dataloader_loop, "dataloader_cl": dataloader_channels_last, "forward": forward_only, "decode": decode_only},
+        {
+            "embedflow": dc.to_numpy,
+            "dataloader": dataloader_loop,
+            "dataloader_cl": dataloader_channels_last,
+            "forward": forward_only,
+            "decode": decode_only,
+        },
         args.repeats,
     )
     (t_ef, v_ef), (t_dl, v_dl), (t_dlc, _), (t_fw, _), (t_dec, _) = timings.values()
@@ -149,10 +155,12 @@ def main() -> int:
     report(
         f"Images: {args.model} (random weights), {n} JPEGs 300–1200 px, batch {bs}, {args.device}",
         text,
-        [f"median of {args.repeats} runs, methods taking turns; model set-up excluded; largest difference embedflow vs DataLoader vectors: {diff:.2e}",
-         f"embedflow reaches {t_fw / t_ef:.0%} of the forward-only ceiling and {t_dec / t_ef:.0%} of the decode-only ceiling",
-         "embedflow's timm operator runs conv nets channels_last by default; the DataLoader loop is shown both as people usually write it and with the same layout",
-         "targets: ≥ 1.0× the DataLoader loop; report the fraction of the forward-only ceiling"],
+        [
+            f"median of {args.repeats} runs, methods taking turns; model set-up excluded; largest difference embedflow vs DataLoader vectors: {diff:.2e}",
+            f"embedflow reaches {t_fw / t_ef:.0%} of the forward-only ceiling and {t_dec / t_ef:.0%} of the decode-only ceiling",
+            "embedflow's timm operator runs conv nets channels_last by default; the DataLoader loop is shown both as people usually write it and with the same layout",
+            "targets: ≥ 1.0× the DataLoader loop; report the fraction of the forward-only ceiling",
+        ],
     )
     return 0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, report, table  # noqa: E402
+from _common import HERE, report, table
 
 PHOTOS = HERE.parent / "data" / "images"
 
@@ -76,16 +76,25 @@ def main() -> int:
             make_images(folder, size)
             made = time.perf_counter() - t0
             out = Path(tmp) / f"v{size}.parquet"
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(out), args.model, args.device], capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, str(folder), str(out), args.model, args.device], capture_output=True, text=True, check=True
+            )
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             peaks[size] = result["peak_mib"]
-            rows.append([f"{size:,}", f"{result['seconds']:.1f}", f"{size / result['seconds']:.0f}", f"{result['peak_mib']:.0f}", f"{result['peak_mib'] / peaks[args.sizes[0]]:.2f}"])
+            rows.append(
+                [
+                    f"{size:,}",
+                    f"{result['seconds']:.1f}",
+                    f"{size / result['seconds']:.0f}",
+                    f"{result['peak_mib']:.0f}",
+                    f"{result['peak_mib'] / peaks[args.sizes[0]]:.2f}",
+                ]
+            )
             print(f"{size} images: {result} (images made in {made:.0f}s)", file=sys.stderr)
     report(
         f"Memory: streaming images to Parquet ({args.model}, random weights, {args.device})",
         table(["images", "seconds", "images/s", "peak RSS MiB", f"× peak at {args.sizes[0]:,}"], rows),
-        ["each size in a fresh process; peak = ru_maxrss (includes torch and the model)",
-         "target: peak at 20,000 ≤ 1.2× the peak at 2,000"],
+        ["each size in a fresh process; peak = ru_maxrss (includes torch and the model)", "target: peak at 20,000 ≤ 1.2× the peak at 2,000"],
     )
     return 0
 

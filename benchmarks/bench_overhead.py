@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, report, table  # noqa: E402
+from _common import interleaved, report, table
 
-import embedflow as ef  # noqa: E402
+import embedflow as ef
 
 
 def inc(x: int) -> int:
@@ -60,15 +60,28 @@ def main() -> int:
     t_ef = res["embedflow"][0]
     rows = [
         ["embedflow: ef.dc(range(N)).map(inc) ×5 .to_list()", f"{t_ef:.2f}", f"{n / t_ef / 1e6:.2f}", "1.00"],
-        ["plain generator chain (the target's reference)", f"{res['generators'][0]:.2f}", f"{n / res['generators'][0] / 1e6:.2f}", f"{t_ef / res['generators'][0]:.2f}"],
-        ["list comprehension per step", f"{res['comprehensions'][0]:.2f}", f"{n / res['comprehensions'][0] / 1e6:.2f}", f"{t_ef / res['comprehensions'][0]:.2f}"],
+        [
+            "plain generator chain (the target's reference)",
+            f"{res['generators'][0]:.2f}",
+            f"{n / res['generators'][0] / 1e6:.2f}",
+            f"{t_ef / res['generators'][0]:.2f}",
+        ],
+        [
+            "list comprehension per step",
+            f"{res['comprehensions'][0]:.2f}",
+            f"{n / res['comprehensions'][0] / 1e6:.2f}",
+            f"{t_ef / res['comprehensions'][0]:.2f}",
+        ],
         ["(ceiling of a model stage: a no-op batchable operator, batch 256)", f"{res['batched'][0]:.2f}", f"{n / res['batched'][0] / 1e6:.2f}", ""],
     ]
     report(
         f"Overhead: {n:,} integers through five .map steps",
         table(["method", "seconds", "M rows/s", "embedflow time ×"], rows),
-        [f"median of {args.repeats} runs, methods taking turns", "target: embedflow ≤ 2× the plain generator chain",
-         "the last row is the most items/s a model operator's stage can pass (preprocess, batch, forward, reorder), a bound for fast GPU models"],
+        [
+            f"median of {args.repeats} runs, methods taking turns",
+            "target: embedflow ≤ 2× the plain generator chain",
+            "the last row is the most items/s a model operator's stage can pass (preprocess, batch, forward, reorder), a bound for fast GPU models",
+        ],
     )
     return 0
 

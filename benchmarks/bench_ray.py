@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, interleaved, report, table  # noqa: E402
+from _common import HERE, interleaved, report, table
 
-import embedflow as ef  # noqa: E402
+import embedflow as ef
 
 
 def main() -> int:
@@ -41,12 +41,22 @@ def main() -> int:
     text_file = HERE / "data" / "texts.txt"
     text_file.parent.mkdir(parents=True, exist_ok=True)
     text_file.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-    text_chain = ef.dc(texts).text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2", batch_size=32).normalize().set_progress(False)
+    text_chain = (
+        ef.dc(texts).text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2", batch_size=32).normalize().set_progress(False)
+    )
     # the same texts from a file: on Ray, read by Ray tasks instead of the driver
-    file_chain = ef.read_text(text_file).text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2", batch_size=32).normalize().set_progress(False)
+    file_chain = (
+        ef.read_text(text_file)
+        .text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2", batch_size=32)
+        .normalize()
+        .set_progress(False)
+    )
     image_chain = (
-        ef.glob(str(HERE / "data" / "images" / "*.jpg")).head(args.images)
-        .image_decode().image_embedding.timm(model_name="resnet18", pretrained=False, batch_size=16).set_progress(False)
+        ef.glob(str(HERE / "data" / "images" / "*.jpg"))
+        .head(args.images)
+        .image_decode()
+        .image_embedding.timm(model_name="resnet18", pretrained=False, batch_size=16)
+        .set_progress(False)
     )
     text_chain.to_numpy()
     image_chain.to_numpy()  # the local engine keeps its models between runs; Ray reloads per run
@@ -68,8 +78,10 @@ def main() -> int:
     report(
         f"Ray engine vs local engine (local Ray, {args.num_cpus} CPUs)",
         table(["chain", "local s", "local items/s", "ray s", "ray items/s", "ray speed × local"], rows),
-        [f"median of {args.repeats} runs, engines taking turns; Ray start-up ({ray_start:.1f}s) excluded, per-run actor start and model load included",
-         "text: MiniLM batch 32 on the first 2,000 docstring sentences (ef.dc: rows sent from the driver; text file: ef.read_text, read by Ray tasks); images: resnet18 (random weights) on 300 JPEGs of 300–1200 px"],
+        [
+            f"median of {args.repeats} runs, engines taking turns; Ray start-up ({ray_start:.1f}s) excluded, per-run actor start and model load included",
+            "text: MiniLM batch 32 on the first 2,000 docstring sentences (ef.dc: rows sent from the driver; text file: ef.read_text, read by Ray tasks); images: resnet18 (random weights) on 300 JPEGs of 300–1200 px",
+        ],
     )
     return 0
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, interleaved, report, table, timed  # noqa: E402
+from _common import HERE, interleaved, report, table, timed
 
-import embedflow as ef  # noqa: E402
+import embedflow as ef
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -109,8 +109,10 @@ def main() -> int:
     report(
         f"Text: MiniLM, {len(texts)} sentences, batch {bs}, {args.device}",
         text,
-        [f"median of {args.repeats} runs, methods taking turns (naive: {max(1, args.repeats - 1)}); model loading excluded",
-         "targets: ≥ 1.05× sentence-transformers, ≥ 0.95× the sorted hand loop, ≥ 2.5× naive, cosine > 0.9999"],
+        [
+            f"median of {args.repeats} runs, methods taking turns (naive: {max(1, args.repeats - 1)}); model loading excluded",
+            "targets: ≥ 1.05× sentence-transformers, ≥ 0.95× the sorted hand loop, ≥ 2.5× naive, cosine > 0.9999",
+        ],
     )
     return 0
 

@@ -7,20 +7,20 @@
 
 from __future__ import annotations
 
-from .collection import DataCollection
+from .dsl import DataCollection, dc, glob, read_csv, read_jsonl, read_parquet, read_text
 from .errors import (
     ColumnError,
     EmbedflowError,
     ItemError,
     OperatorLoadError,
     ParameterError,
+    PipelineError,
     PlanError,
     UnknownOperatorError,
 )
 from .models import resolve_model
 from .operator import Operator
-from .pipeline import load_pipeline
-from .readers import dc, glob, read_csv, read_jsonl, read_parquet, read_text
+from .pipelines import load_pipeline
 from .registry import get_operator, list_operators, register
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ __all__ = [
     "Operator",
     "OperatorLoadError",
     "ParameterError",
+    "PipelineError",
     "PlanError",
     "UnknownOperatorError",
     "__version__",

@@ -20,12 +20,16 @@ import argparse
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import __version__, registry
-from .binding import signature_text
-from .errors import EmbedflowError
+from .engines import ENGINES
+from .errors import EmbedflowError, PipelineError, UsageError
 from .operator import is_operator_class
+from .pipelines import read_pipeline, run_pipeline
+from .plan import signature_text
+from .views.layers import layer_table, model_and_sample
 
 
 def _summary(obj: object) -> str:
@@ -70,13 +74,7 @@ def _params(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-class UsageError(EmbedflowError):
-    """A command-line mistake (exit code 2)."""
-
-
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .pipeline import read_pipeline
-
     pipeline = read_pipeline(args.file, **_params(args.param))
     steps = len(pipeline.collection.plan.steps)
     sink = f"{pipeline.sink.kind} {pipeline.sink.path}" if pipeline.sink else "no sink"
@@ -85,8 +83,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .pipeline import read_pipeline
-
     pipeline = read_pipeline(args.file, **_params(args.param))
     print(pipeline.collection.explain())
     if pipeline.sink is not None:
@@ -96,11 +92,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import warnings
-
-    from .pipeline import read_pipeline
-    from .runner import run_pipeline
-
     pipeline = read_pipeline(args.file, **_params(args.param))
     if args.ray_address:
         if args.engine != "ray":
@@ -124,8 +115,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from .layers import layer_table, model_and_sample
-
     size = tuple(int(v) for v in args.input_size.split(",")) if args.input_size else None
     try:
         model, sample = model_and_sample(args.model, size)
@@ -154,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file", help="the pipeline YAML file")
     run.add_argument("--param", action="append", default=[], metavar="K=V", help="override a parameter (repeatable)")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the file's, else auto)")
-    run.add_argument("--engine", choices=["local", "ray"], help="the engine (default local)")
+    run.add_argument("--engine", choices=list(ENGINES), help="the engine (default local)")
     run.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)")
     run.add_argument("--limit", type=int, help="only the first N source rows")
     run.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
@@ -166,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--input-size", help="C,H,W of one sample (default: the timm model's own)")
     layers.set_defaults(func=_cmd_layers)
 
-    for name, func, text in (("explain", _cmd_explain, "print a pipeline's plan; nothing runs"), ("validate", _cmd_validate, "check a pipeline file, its operators and parameters")):
+    for name, func, text in (
+        ("explain", _cmd_explain, "print a pipeline's plan; nothing runs"),
+        ("validate", _cmd_validate, "check a pipeline file, its operators and parameters"),
+    ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("file", help="the pipeline YAML file")
         cmd.add_argument("--param", action="append", default=[], metavar="K=V", help="override a parameter (repeatable)")
@@ -178,8 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``embedflow`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .yaml_loader import PipelineError
-
     try:
         return int(args.func(args))
     except (PipelineError, UsageError) as exc:

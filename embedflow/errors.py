@@ -12,6 +12,8 @@ True
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from collections.abc import Iterable
 
 
@@ -65,6 +67,14 @@ class PlanError(EmbedflowError, ValueError):
     """The chain cannot run as built (an option value, a sink on the wrong mode, ...)."""
 
 
+class PipelineError(EmbedflowError, ValueError):
+    """A mistake in a pipeline file; the message starts with ``file:line``."""
+
+
+class UsageError(EmbedflowError):
+    """A command-line mistake (exit code 2)."""
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Return up to ``n`` candidates that look like ``name`` (for "did you mean").
 
@@ -100,3 +110,15 @@ def short_repr(value: object, limit: int = 80) -> str:
         return f"<{len(value)} bytes>"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that points at the first caller outside
+    embedflow (the line of user code that ran the chain), however deep the call came from."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level

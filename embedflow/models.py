@@ -11,9 +11,11 @@ returned unchanged and the model library looks in its own cache, then the hub.
 
 from __future__ import annotations
 
+import importlib
 import os
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 MODEL_ENTRY_POINT_GROUP = "embedflow.models"
 
@@ -41,3 +43,20 @@ def cache_dir() -> Path:
     """Where embedflow keeps converted model files: ``$EMBEDFLOW_CACHE`` or ``~/.cache/embedflow``."""
     root = os.environ.get("EMBEDFLOW_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "embedflow")
     return Path(root)
+
+
+def load_factory(spec: str) -> Any:
+    """``"package.module:factory"`` -> the module object that ``factory()`` returns (an
+    installed, importable module: a pipeline file never carries code)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        msg = f"model={spec!r}: write an importable factory as 'package.module:function'"
+        raise ValueError(msg)
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        msg = f"model={spec!r}: cannot import {attr!r} from {module_name!r} ({exc})"
+        raise ValueError(msg) from exc
+    return obj() if callable(obj) and not hasattr(obj, "forward") else obj

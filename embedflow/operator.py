@@ -15,8 +15,11 @@ the batch's output back into one result per item.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
+
+from .errors import short_repr
 
 
 class Operator:
@@ -60,10 +63,9 @@ class Operator:
         return inputs[0] if len(inputs) == 1 else inputs
 
     def collate(self, items: list[Any]) -> Any:
-        """Join prepared items into one batch for :meth:`forward`."""
-        if items and type(items[0]).__module__ == "torch" and type(items[0]).__name__ == "Tensor":
-            import torch
-
+        """Join prepared items into one batch for :meth:`forward` (tensors are stacked)."""
+        torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
+        if items and torch is not None and isinstance(items[0], torch.Tensor):
             return torch.stack(items)
         return items
 
@@ -76,9 +78,20 @@ class Operator:
         return list(output)
 
     def __repr__(self) -> str:
-        params = getattr(self, "_embedflow_params", None)
-        inner = ", ".join(f"{k}={v!r}" for k, v in (params or {}).items())
-        return f"{type(self).__name__}({inner})"
+        """``Name(param=value, ...)`` for the ``__init__`` parameters that differ from their
+        defaults, read from attributes of the same name (the scikit-learn convention)."""
+        try:
+            params = inspect.signature(type(self).__init__).parameters.values()
+        except (TypeError, ValueError):  # pragma: no cover - a C-level __init__
+            params = []
+        shown = []
+        for p in params:
+            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not hasattr(self, p.name):
+                continue
+            value = getattr(self, p.name)
+            if _differs(value, p.default):
+                shown.append(f"{p.name}={short_repr(value, 60)}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 class FunctionOperator(Operator):
@@ -102,6 +115,17 @@ class FunctionOperator(Operator):
 
     def __repr__(self) -> str:
         return f"FunctionOperator({callable_name(self.fn)})"
+
+
+def _differs(value: Any, default: Any) -> bool:
+    if default is inspect.Parameter.empty:
+        return True
+    if value is default:
+        return False
+    try:
+        return bool(value != default)
+    except Exception:  # noqa: BLE001 - arrays and other values without a plain truth value
+        return True
 
 
 def callable_name(fn: Any) -> str:

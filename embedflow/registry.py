@@ -63,10 +63,7 @@ def check_name(name: str) -> str:
     """
     parts = name.split(".") if isinstance(name, str) else []
     if not parts or not all(p.isidentifier() and not p.startswith("_") for p in parts):
-        msg = (
-            f"{name!r} is not a valid operator name: use dotted Python identifiers that do not "
-            "start with '_', such as 'my_ns.my_op'"
-        )
+        msg = f"{name!r} is not a valid operator name: use dotted Python identifiers that do not start with '_', such as 'my_ns.my_op'"
         raise ValueError(msg)
     return name
 
@@ -100,8 +97,7 @@ def _read_entry_points() -> None:
             current = _entries.get(ep.name)
             if current is not None and current.target is None:  # registered in code: it wins
                 warnings.warn(
-                    f"operator {ep.name!r} is defined twice: by {entry.source} and by "
-                    f"{current.source}; the one from {current.source} is used.",
+                    f"operator {ep.name!r} is defined twice: by {entry.source} and by {current.source}; the one from {current.source} is used.",
                     stacklevel=3,
                 )
                 continue

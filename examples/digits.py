@@ -32,11 +32,19 @@ def load(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def small_cnn() -> nn.Module:
-    return nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(1, 16, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-        conv2=nn.Conv2d(16, 32, 3, padding=1), relu2=nn.ReLU(), flatten=nn.Flatten(),
-        fc1=nn.Linear(32 * 4 * 4, 64), relu3=nn.ReLU(), fc2=nn.Linear(64, 10),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 16, 3, padding=1),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(16, 32, 3, padding=1),
+            relu2=nn.ReLU(),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(32 * 4 * 4, 64),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(64, 10),
+        )
+    )
 
 
 def train(x: np.ndarray, y: np.ndarray, epochs: int = 12, seed: int = 0) -> nn.Module:

@@ -36,15 +36,9 @@ def texts() -> None:
         .to_list()
     )
     vecs = np.stack([r["vec"] for r in rows])
-    print(f"texts: {vecs.shape[0]} sentences -> vectors of shape {vecs.shape} {vecs.dtype} "
-          f"in {time.perf_counter() - start:.1f}s")
+    print(f"texts: {vecs.shape[0]} sentences -> vectors of shape {vecs.shape} {vecs.dtype} in {time.perf_counter() - start:.1f}s")
     queries = ["a sleepy cat", "how do I cook a tomato sauce?", "launching a spacecraft into orbit", "storm on the way"]
-    qvecs = (
-        ef.dc(queries)
-        .text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2")
-        .normalize()
-        .to_numpy()
-    )
+    qvecs = ef.dc(queries).text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2").normalize().to_numpy()
     for query, qvec in zip(queries, qvecs):
         sims = vecs @ qvec
         print(f"  query: {query!r}")
@@ -65,8 +59,7 @@ def images() -> None:
     rows = ef.read_parquet(out).to_list()
     vecs = np.stack([r["vec"] for r in rows])
     names = [Path(r["path"]).stem for r in rows]
-    print(f"images: {len(rows)} photos -> vectors of shape {vecs.shape} {vecs.dtype} "
-          f"in {time.perf_counter() - start:.1f}s, written to {out}")
+    print(f"images: {len(rows)} photos -> vectors of shape {vecs.shape} {vecs.dtype} in {time.perf_counter() - start:.1f}s, written to {out}")
     originals = [i for i, n in enumerate(names) if "_" not in n]
     hits = 0
     for i in originals:

@@ -13,8 +13,22 @@ import numpy as np
 import embedflow as ef
 
 WORDS = [
-    "alligator", "crocodile", "lizard", "snake", "eagle", "hawk", "sparrow", "owl",
-    "turnip", "carrot", "potato", "cabbage", "violin", "cello", "piano", "guitar",
+    "alligator",
+    "crocodile",
+    "lizard",
+    "snake",
+    "eagle",
+    "hawk",
+    "sparrow",
+    "owl",
+    "turnip",
+    "carrot",
+    "potato",
+    "cabbage",
+    "violin",
+    "cello",
+    "piano",
+    "guitar",
 ]
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -40,7 +40,7 @@ def resolve_layer(model: Any, layer: str | int) -> tuple[str, Any]:
     return layer, modules[layer]
 
 
-def pool(output: Any, how: str) -> Any:
+def pool_output(output: Any, how: str) -> Any:
     """Spatial maps (N, C, H, W) or sequences (N, T, C) pooled to (N, C); others flattened."""
     import torch
 

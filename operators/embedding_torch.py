@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
-from embedflow.layers import load_factory
+from embedflow.models import load_factory
 
-from ._layers import POOLS, LayerCatcher, pool
+from ._layers import POOLS, LayerCatcher, pool_output, resolve_layer
 
 
 class TorchLayerEmbedding(Operator):
@@ -44,8 +44,6 @@ class TorchLayerEmbedding(Operator):
             msg = f"embedding.torch: model must be a torch.nn.Module or 'package.module:factory', got {type(model).__name__}"
             raise ValueError(msg)
         self.layer, self.pool = layer, pool
-        from ._layers import resolve_layer
-
         resolve_layer(self.model, layer)  # a bad layer fails when the chain is built
 
     def setup(self, device: str) -> None:
@@ -60,7 +58,7 @@ class TorchLayerEmbedding(Operator):
         return torch.as_tensor(np.asarray(x, dtype=np.float32))
 
     def forward(self, batch: Any) -> Any:
-        return pool(self.catch(batch), self.pool)
+        return pool_output(self.catch(batch), self.pool)
 
     def postprocess(self, output: Any) -> list[np.ndarray]:
         return list(output.float().numpy())

@@ -48,10 +48,7 @@ def open_image(source: Any) -> Image.Image:
         elif isinstance(source, (bytes, bytearray, memoryview)):
             img = Image.open(io.BytesIO(bytes(source)))
         else:
-            msg = (
-                f"image_decode cannot read a {type(source).__name__}: give a file path, bytes, "
-                "a PIL image or a numpy array"
-            )
+            msg = f"image_decode cannot read a {type(source).__name__}: give a file path, bytes, a PIL image or a numpy array"
             raise ImageDecodeError(msg)
         img.load()  # decode now so truncation is found here, not later
         return img

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
+from embedflow.io.milvus import client, search
 
 
 class MilvusSearch(Operator):
@@ -37,8 +38,6 @@ class MilvusSearch(Operator):
         self._client: Any = None
 
     def setup(self, device: str) -> None:
-        from embedflow.io.milvus import client
-
         self._client = client(self.uri)
         if not self._client.has_collection(self.collection):
             have = ", ".join(self._client.list_collections()) or "none"
@@ -47,8 +46,6 @@ class MilvusSearch(Operator):
         self._client.load_collection(self.collection)  # a reopened database starts released
 
     def preprocess(self, vector: Any) -> list[dict[str, Any]]:
-        from embedflow.io.milvus import search
-
         if self._client is None:
             self.setup("cpu")
         vec = np.asarray(vector, dtype=np.float32).ravel().tolist()

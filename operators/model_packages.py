@@ -4,7 +4,7 @@ Each resolver returns a local path that serves a model name offline, or raises
 ``ModuleNotFoundError`` when its package is not installed (the name then falls through to the
 model library's cache and hub).
 
->>> from operators.model_packages import all_minilm_l6_v2
+>>> from embedflow_operators.model_packages import all_minilm_l6_v2
 >>> (all_minilm_l6_v2() / "config.json").exists()
 True
 """

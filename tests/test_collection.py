@@ -155,13 +155,7 @@ def test_set_device_and_engine_are_recorded_in_the_plan():
 
 
 def test_explain_shows_operators_columns_and_options():
-    text = (
-        ef.glob["path"]("photos/*.jpg")
-        .image_decode["path", "img"](workers=2)
-        .normalize["img", "vec"](p=1)
-        .select["path", "vec"]()
-        .explain()
-    )
+    text = ef.glob["path"]("photos/*.jpg").image_decode["path", "img"](workers=2).normalize["img", "vec"](p=1).select["path", "vec"]().explain()
     assert "glob('photos/*.jpg') -> path" in text
     assert "image_decode()  path -> img  workers=2" in text
     assert "normalize(p=1)  img -> vec" in text

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import embedflow as ef
-from embedflow.collection import DataCollection
+from embedflow import DataCollection
 from embedflow.errors import EmbedflowError, ItemError
-from embedflow.pipeline import read_pipeline
-from embedflow.runner import ShardStore, run_pipeline
+from embedflow.io.readers import Part
+from embedflow.io.shards import ShardStore
+from embedflow.io.sources import Source
+from embedflow.pipelines import read_pipeline, run_pipeline
 
 from .conftest import ROOT
 
@@ -36,7 +38,12 @@ def local_ray():
 
 
 def test_text_chain_equals_the_local_engine(sample_texts):
-    chain = ef.dc["text"](sample_texts).text_embedding.transformers["text", "vec"](model_name="sentence-transformers/all-MiniLM-L6-v2").normalize["vec"]().select["text", "vec"]()
+    chain = (
+        ef.dc["text"](sample_texts)
+        .text_embedding.transformers["text", "vec"](model_name="sentence-transformers/all-MiniLM-L6-v2")
+        .normalize["vec"]()
+        .select["text", "vec"]()
+    )
     local = chain.to_list()
     remote = chain.set_engine("ray").to_list()
     assert [r["text"] for r in remote] == sample_texts
@@ -77,7 +84,7 @@ def test_bad_rows_are_skipped_and_recorded_on_ray(tmp_path, sample_images):
     pipeline = read_pipeline(ROOT / "pipelines" / "image_embedding.yaml", images=str(folder / "*.jpg"), output=str(out))
     summary = run_pipeline(pipeline, engine="ray", progress=False)
     assert (summary.written, summary.failed) == (2, 1)
-    record = [line for line in Path(summary.errors).read_text().splitlines()][0]
+    record = list(Path(summary.errors).read_text().splitlines())[0]
     assert "broken.jpg" in record and "image_decode" in record
     assert [Path(p).name for p in pq.read_table(out).column("path").to_pylist()] == sorted(p.name for p in sample_images[:2])
 
@@ -86,8 +93,20 @@ def test_yaml_run_with_engine_ray_from_the_command_line(tmp_path):
     out = tmp_path / "v.parquet"
     env = {**os.environ, "EMBEDFLOW_RAY_NUM_CPUS": "2", "EMBEDFLOW_PROGRESS": "0"}
     env.pop("RAY_ADDRESS", None)
-    args = [sys.executable, "-m", "embedflow", "run", "pipelines/text_embedding.yaml", "--engine", "ray", "--quiet",
-            "--param", f"input={ROOT / 'data' / 'texts' / 'sentences.txt'}", "--param", f"output={out}"]
+    args = [
+        sys.executable,
+        "-m",
+        "embedflow",
+        "run",
+        "pipelines/text_embedding.yaml",
+        "--engine",
+        "ray",
+        "--quiet",
+        "--param",
+        f"input={ROOT / 'data' / 'texts' / 'sentences.txt'}",
+        "--param",
+        f"output={out}",
+    ]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "read 120 rows, wrote 120, failed 0" in proc.stdout
@@ -113,20 +132,46 @@ def test_the_core_never_imports_ray():
 @pytest.fixture
 def small_parts(monkeypatch):
     """Cut file sources into many small parts, so that several Ray tasks read each file."""
-    from embedflow.io import parts
+    from embedflow.io import readers, sources
 
-    monkeypatch.setattr(parts, "TARGET_BYTES", 256)
-    monkeypatch.setattr(parts, "TARGET_ROWS", 40)
+    monkeypatch.setattr(sources, "line_parts", lambda path, kind, columns: readers.line_parts(path, kind, columns, target_bytes=256))
+    monkeypatch.setattr(sources, "parquet_parts", lambda path, columns: readers.parquet_parts(path, columns, target_rows=40))
+
+
+@dataclass(frozen=True)
+class DriverRefusingPart(Part):
+    """A part that fails if it is read in the process that made it (the driver)."""
+
+    part: Part
+    driver: int
+
+    first_row = property(lambda self: self.part.first_row)
+    rows = property(lambda self: self.part.rows)
+    portable = property(lambda self: self.part.portable)
+
+    def read(self):
+        if os.getpid() == self.driver:
+            raise AssertionError("the source was read on the driver")
+        return self.part.read()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriverRefusingSource(Source):
+    inner: Source
+
+    def _parts(self, split):
+        return [DriverRefusingPart(p, os.getpid()) for p in self.inner.parts(split)]
+
+    def identity(self):
+        return self.inner.identity()
 
 
 def refusing_driver_reads(chain):
     """The same chain, but its source fails if it is read in this (the driver) process."""
-
-    def refuse():
-        raise AssertionError("the source was read on the driver")
-
-    plan = chain._plan
-    return DataCollection(replace(plan, source=replace(plan.source, open=refuse)), chain._named, chain.columns, "raise")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need these classes
+    src = chain.plan.source
+    refusing = DriverRefusingSource(kind=src.kind, label=src.label, named=src.named, columns=src.columns, inner=src)
+    return DataCollection(replace(chain.plan, source=refusing), chain.named, chain.columns)
 
 
 @pytest.mark.parametrize("kind", ["read_text", "read_jsonl", "read_parquet"])
@@ -144,7 +189,7 @@ def test_file_sources_are_read_by_ray_tasks_in_order(tmp_path, small_parts, kind
         path = tmp_path / "t.parquet"
         pq.write_table(pa.table({"text": lines, "i": list(range(700))}), path, row_group_size=33)
         chain = ef.read_parquet["text"](path)
-    assert len(chain._plan.source.parts()) > 5
+    assert len(chain.plan.source.parts(split=True)) > 5
     chain = chain.map["text", "n"](len).filter(lambda r: r["n"] % 3 != 0)
     local = chain.to_list()
     assert len(local) > 400
@@ -159,9 +204,10 @@ def test_a_resumed_run_on_ray_reads_only_the_rows_not_yet_done(tmp_path, small_p
     # an earlier run committed rows 0-49; its vectors are marked (zeros) to tell them apart
     out = tmp_path / "v.parquet"
     pipeline = read_pipeline(ROOT / "pipelines" / "text_embedding.yaml", input=str(sentences), output=str(out))
-    store = ShardStore(out, pipeline.fingerprint())
+    store = ShardStore(out, pipeline.fingerprint(), pipeline.collection.plan.source.identity())
     store.open(resume=True)
     store.commit([(i, str(i), {"text": r["text"], "vec": np.zeros(384, np.float32)}) for i, r in enumerate(expected[:50])])
+    store.close()
     summary = run_pipeline(replace(pipeline, collection=refusing_driver_reads(pipeline.collection)), engine="ray", progress=False)
     assert (summary.read, summary.resumed, summary.written, summary.failed) == (120, 50, 120, 0)
     got = pq.read_table(out).to_pylist()

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import embedflow as ef
-from embedflow.pipeline import read_pipeline
-from embedflow.runner import run_pipeline
+from embedflow.pipelines import read_pipeline, run_pipeline
 
 from .conftest import ROOT
 
@@ -40,7 +39,9 @@ def test_index_sentences_then_an_exact_member_comes_back_first(tmp_path, sample_
 
     query = sample_texts[24]
     hits = (
-        ef.dc["q"]([query]).text_embedding.transformers["q", "v"](model_name=MINILM).normalize["v"]()
+        ef.dc["q"]([query])
+        .text_embedding.transformers["q", "v"](model_name=MINILM)
+        .normalize["v"]()
         .milvus_search["v", "hits"](uri=db, collection="sentences", limit=3, fields=["text"])
         .to_list()[0]["hits"]
     )
@@ -62,8 +63,20 @@ def test_reverse_image_search_from_yaml(tmp_path, capsys):
     db = str(tmp_path / "search.db")
     run_pipeline(read_pipeline(ROOT / "pipelines" / "image_search_index.yaml", db=db), progress=False)
     assert count(db, "photos") == 36
-    code, out = run_cli(["run", str(ROOT / "pipelines" / "image_search.yaml"), "--quiet", "--param", f"db={db}",
-                         "--param", f"query={ROOT / 'data' / 'images' / 'coffee.jpg'}", "--param", "limit=3"], capsys)
+    code, out = run_cli(
+        [
+            "run",
+            str(ROOT / "pipelines" / "image_search.yaml"),
+            "--quiet",
+            "--param",
+            f"db={db}",
+            "--param",
+            f"query={ROOT / 'data' / 'images' / 'coffee.jpg'}",
+            "--param",
+            "limit=3",
+        ],
+        capsys,
+    )
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"query: {ROOT / 'data' / 'images' / 'coffee.jpg'}"
@@ -74,8 +87,10 @@ def test_reverse_image_search_from_yaml(tmp_path, capsys):
 def test_text_search_pipeline_prints_the_top_hits(tmp_path, capsys):
     db = str(tmp_path / "search.db")
     run_pipeline(read_pipeline(ROOT / "pipelines" / "text_search_index.yaml", db=db), progress=False)
-    code, out = run_cli(["run", str(ROOT / "pipelines" / "text_search.yaml"), "--quiet", "--param", f"db={db}",
-                         "--param", "query=how do I cook a tomato sauce?"], capsys)
+    code, out = run_cli(
+        ["run", str(ROOT / "pipelines" / "text_search.yaml"), "--quiet", "--param", f"db={db}", "--param", "query=how do I cook a tomato sauce?"],
+        capsys,
+    )
     assert code == 0
     assert out.splitlines()[0] == "query: how do I cook a tomato sauce?"
     assert "Simmer the tomatoes with garlic and olive oil" in out.splitlines()[1]

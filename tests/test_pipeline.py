@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import embedflow as ef
-from embedflow.pipeline import read_pipeline
-from embedflow.yaml_loader import PipelineError
+from embedflow.errors import PipelineError
+from embedflow.pipelines import read_pipeline
 
 
 @pytest.fixture
@@ -35,7 +35,9 @@ def lengths(registered):
 
 
 def test_a_pipeline_builds_the_same_plan_as_the_chain(tmp_path, lines, lengths):
-    path = write(tmp_path, f"""
+    path = write(
+        tmp_path,
+        f"""
         name: demo
         params: {{input: {lines}, scale: 2}}
         source: {{read_text: "${{input}}", column: text}}
@@ -47,7 +49,8 @@ def test_a_pipeline_builds_the_same_plan_as_the_chain(tmp_path, lines, lengths):
           - {{op: normalize, in: vec, out: vec}}
           - select: [text, vec]
         sink: {{parquet: out.parquet}}
-    """)
+    """,
+    )
     dc = ef.load_pipeline(path)
     chain = ef.read_text["text"](lines).test.vec["text", "vec"](scale=2).normalize["vec", "vec"]().select["text", "vec"]()
     assert dc.explain() == chain.explain()
@@ -75,11 +78,14 @@ def test_steps_without_a_yaml_form_say_why(lines):
 
 
 def test_params_override_with_yaml_types(tmp_path, lines, lengths):
-    path = write(tmp_path, f"""
+    path = write(
+        tmp_path,
+        f"""
         params: {{input: {lines}, bs: 8}}
         source: {{read_text: "${{input}}"}}
         steps: [{{op: test.vec, in: text, out: v, batch_size: "${{bs}}"}}]
-    """)
+    """,
+    )
     assert read_pipeline(path, bs="3").collection.plan.steps[0].options.batch_size == 3
 
 
@@ -88,7 +94,11 @@ def test_params_override_with_yaml_types(tmp_path, lines, lengths):
     [
         ("sourse: {read_text: x}\n", 1, r"unknown key 'sourse'.*Did you mean 'source'"),
         ("source: {read_text: x}\nsteps:\n  - op: normalise\n    in: text\n", 3, r"unknown operator 'normalise'.*Did you mean 'normalize'"),
-        ("source: {read_text: x}\nsteps:\n  - op: text_embedding.transformers\n    in: text\n    with:\n      modle_name: m\n", 6, r"unexpected parameter 'modle_name'.*Did you mean 'model_name'"),
+        (
+            "source: {read_text: x}\nsteps:\n  - op: text_embedding.transformers\n    in: text\n    with:\n      modle_name: m\n",
+            6,
+            r"unexpected parameter 'modle_name'.*Did you mean 'model_name'",
+        ),
         ("source: {read_text: '${missing}'}\n", 1, r"unknown parameter \$\{missing\}.*Declared params: none"),
         ("source: {read_text: x}\nsteps:\n  - {op: normalize, in: text, batch_size: many}\n", 3, r"batch_size='many' must be a positive integer"),
         ("source: {read_text: x}\nsteps:\n  - {op: normalize, in: 5}\n", 3, r"in must be a column name"),

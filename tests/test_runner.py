@@ -17,8 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedflow.pipeline import read_pipeline
-from embedflow.runner import run_pipeline
+from embedflow.pipelines import read_pipeline, run_pipeline
 
 from .conftest import ROOT, write_fake_distribution
 
@@ -62,15 +61,17 @@ def embedflow(args, plugin=None, env=None, default_sigint=False, **kwargs):
     if plugin is not None:
         full_env["PYTHONPATH"] = str(plugin) + os.pathsep + full_env.get("PYTHONPATH", "")
     command = [sys.executable, "-c", DEFAULT_SIGINT_LAUNCHER] if default_sigint else [sys.executable, "-m", "embedflow"]
-    return subprocess.Popen([*command, *args], env=full_env, cwd=kwargs.pop("cwd", ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [*command, *args], env=full_env, cwd=kwargs.pop("cwd", ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def slow_pipeline(tmp_path, rows=400, on_error="raise", sink="parquet"):
     data = tmp_path / "lines.txt"
     data.write_text("".join(f"line {i}\n" for i in range(rows)))
     path = tmp_path / "slow.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         name: slow
         params: {{input: {data}, output: {tmp_path}/out/v.{sink}, log: {tmp_path}/log.txt, delay: 0.0}}
         source: {{read_text: "${{input}}", column: text}}
@@ -78,7 +79,8 @@ def slow_pipeline(tmp_path, rows=400, on_error="raise", sink="parquet"):
           - {{op: slow.mark, in: text, out: vec, with: {{log: "${{log}}", delay: "${{delay}}"}}}}
         sink: {{{sink}: "${{output}}", {"column: vec" if sink == "npy" else "columns: [text, vec]"}}}
         on_error: {on_error}
-    """))
+    """)
+    )
     return path
 
 
@@ -111,8 +113,8 @@ def test_resume_after_kill_9_gives_every_row_once_in_order_without_recomputing(t
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not out.exists()  # no half-written output
-    committed = set(pq.read_table(parts / "shard-000000.parquet").column("text").to_pylist())
-    committed |= set(pq.read_table(parts / "shard-000001.parquet").column("text").to_pylist())
+    shards = json.loads((parts / "manifest.json").read_text())["shards"]
+    committed = {text for shard in shards for text in pq.read_table(parts / shard["file"]).column("text").to_pylist()}
     (tmp_path / "log.txt").write_text("")  # from here on, the log shows what the re-run computes
 
     second = embedflow(args, plugin, env)
@@ -137,8 +139,7 @@ def test_ctrl_c_saves_finished_rows_and_exits_130(tmp_path, plugin):
     out = tmp_path / "out" / "v.parquet"
     log = tmp_path / "log.txt"
     args = ["run", str(pipeline), "--param", "delay=0.01"]
-    proc = embedflow(args, plugin, {"EMBEDFLOW_SHARD_ROWS": "100000", "EMBEDFLOW_SHARD_SECONDS": "1000"},
-                     default_sigint=True)
+    proc = embedflow(args, plugin, {"EMBEDFLOW_SHARD_ROWS": "100000", "EMBEDFLOW_SHARD_SECONDS": "1000"}, default_sigint=True)
     deadline = time.time() + 60
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 100):
         assert proc.poll() is None, proc.communicate()

@@ -9,9 +9,10 @@ import time
 import pytest
 
 import embedflow as ef
-from embedflow.batching import Reorder, cut_window
-from embedflow.engines.local import segments
+from embedflow.engines.batching import cut_window
+from embedflow.engines.local.model_stage import Reorder
 from embedflow.errors import ItemError, PlanError
+from embedflow.plan import CheapStage, PoolStage, lower
 
 
 def embedflow_threads() -> list[threading.Thread]:
@@ -86,13 +87,14 @@ def test_cut_window_and_reorder_units():
     assert cut_window([1, 2, 3], 5) == [[1, 2, 3]]
     reorder = Reorder()
     assert reorder.add_many([(2, "c"), (1, "b")]) == []
-    assert reorder.add(0, "a") == ["a", "b", "c"] and len(reorder) == 0
+    assert reorder.add_many([(0, "a")]) == ["a", "b", "c"] and len(reorder) == 0
 
 
 def test_cheap_steps_fuse_into_one_stage():
     dc = ef.dc["x"]([1]).map["x", "y"](abs).filter["y"](bool).normalize["y"]().image_decode["x", "img"]().select["img"]()
-    kinds = [(kind, len(steps)) for kind, steps in segments(dc.plan.steps)]
-    assert kinds == [("fused", 3), ("pool", 1), ("fused", 1)]
+    stages = lower(dc.plan).stages
+    assert [type(s) for s in stages] == [CheapStage, PoolStage, CheapStage]
+    assert [len(s.steps) for s in stages if isinstance(s, CheapStage)] == [3, 1]
 
 
 def test_an_error_in_a_worker_thread_stops_the_run_and_reaches_the_caller():
@@ -182,7 +184,7 @@ def test_explain_analyze_reports_every_stage():
 
 
 def test_dtype_option_is_validated_and_fp32_on_the_cpu_means_no_autocast():
-    from embedflow.devices import autocast
+    from embedflow.engines.devices import autocast
 
     with pytest.raises(PlanError, match="dtype='half' is not one of"):
         ef.dc([1]).map(Lengths(), dtype="half")
@@ -193,15 +195,14 @@ def test_dtype_option_is_validated_and_fp32_on_the_cpu_means_no_autocast():
 def test_cpu_models_leave_the_cores_to_torch():
     import torch
 
-    from embedflow.engines.local import cpu_count, default_workers
+    from embedflow.engines.local.engine import cpu_count, default_workers
 
-    replicas = {1: [("cpu", Lengths())]}
-    assert default_workers(replicas) == max(1, cpu_count() - torch.get_num_threads())
-    assert default_workers({}) == cpu_count()
+    assert default_workers(cpu_models=True) == max(1, cpu_count() - torch.get_num_threads())
+    assert default_workers(cpu_models=False) == cpu_count()
 
 
 def test_progress_bar_can_be_forced_or_silenced(capsys):
-    from embedflow.progress import progress_bar
+    from embedflow.engines.progress import progress_bar
 
     dc = ef.dc(range(3))
     assert type(progress_bar(dc.set_progress(False).plan, None)).__name__ == "_NoBar"

@@ -83,10 +83,14 @@ def test_to_parquet_writes_vectors_as_fixed_size_float32_lists(tmp_path):
 
 
 def test_to_parquet_streams_in_row_groups(tmp_path):
-    from embedflow.io.sinks import to_parquet
+    from embedflow.io.files import ParquetSink
+    from embedflow.io.sinks import SinkContext
 
-    chunks = ([{"i": i}] for i in range(25))
-    out = to_parquet(chunks, True, tmp_path / "g.parquet", row_group_rows=10)
+    sink = ParquetSink(tmp_path / "g.parquet", row_group_rows=10)
+    sink.open(SinkContext(named=True))
+    for i in range(25):
+        sink.write([i], [{"i": i}])
+    out = sink.close()
     meta = pq.ParquetFile(out).metadata
     assert meta.num_rows == 25 and meta.num_row_groups == 3
 

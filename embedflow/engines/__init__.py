@@ -1,4 +1,7 @@
-"""Engines run a plan and yield its output rows in chunks. ``get_engine(name)`` picks one.
+"""Engines run a physical plan and yield its output rows in chunks; :func:`execute` drives any
+plan on its engine into any sink, :func:`stream` yields the chunks themselves.
+
+Every engine is listed here, once; the CLI's ``--engine`` choices come from this table.
 
 >>> from embedflow.engines import get_engine
 >>> type(get_engine("local")).__name__
@@ -7,24 +10,9 @@
 
 from __future__ import annotations
 
-from ..errors import PlanError
-from .base import Engine
+from .base import ENGINES, Engine, get_engine
+from .failures import FailureLog
+from .run import execute, stream
+from .stats import RunStats
 
-ENGINES = ("local", "ray")
-
-
-def get_engine(name: str) -> Engine:
-    """The engine called ``name``; an unknown or unavailable one raises with the fix."""
-    if name == "local":
-        from .local import LocalEngine
-
-        return LocalEngine()
-    if name == "ray":
-        from .ray import RayEngine
-
-        return RayEngine()
-    msg = f"engine {name!r} is not an engine: use one of {', '.join(map(repr, ENGINES))}"
-    raise PlanError(msg)
-
-
-__all__ = ["ENGINES", "Engine", "get_engine"]
+__all__ = ["ENGINES", "Engine", "FailureLog", "RunStats", "execute", "get_engine", "stream"]

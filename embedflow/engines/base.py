@@ -1,37 +1,45 @@
-"""The engine interface: a plan in, an iterator of row chunks out.
+"""The engine interface: a physical plan in, an iterator of row chunks out.
+
+Engines are listed in one place (:data:`embedflow.engines.ENGINES`); a new engine is one
+module with one subclass of :class:`Engine` that maps each physical stage kind
+(:mod:`embedflow.plan.lowering`) to its own runtime.
 
 >>> from embedflow.engines.base import Engine
->>> Engine.execute.__doc__.split(".")[0]
-'Run plan and yield chunks ``(row numbers, rows)`` of output, in input order'
+>>> Engine.run.__doc__.split(".")[0]
+'Run ``physical`` and yield chunks ``(row numbers, rows)`` of output'
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..failures import FailureLog
-from ..plan import Plan
-from ..scheduler import RunStats
+from ..errors import PlanError
+from ..plan import PhysicalPlan
+from .failures import FailureLog
+from .stats import RunStats
+from .steps import Chunk
 
 
 class Engine(ABC):
-    """Base of the engines; a new engine is one module with one subclass."""
+    """Base of the engines."""
 
     name = "base"
 
     @abstractmethod
-    def execute(
+    def run(
         self,
-        plan: Plan,
+        physical: PhysicalPlan,
         failures: FailureLog,
         stats: RunStats | None = None,
         progress: Callable[[int], Any] | None = None,
-    ) -> Iterator[tuple[Sequence[int], list[Any]]]:
-        """Run plan and yield chunks ``(row numbers, rows)`` of output, in input order.
+    ) -> Iterator[Chunk]:
+        """Run ``physical`` and yield chunks ``(row numbers, rows)`` of output.
 
-        A row number is the output row's source row (counted from 0).
+        A row number is the output row's source row (counted from 0). Rows come in input
+        order unless the plan's model stages say otherwise (``ordered=False``).
 
         When ``stats`` is given it is filled with per-stage figures once the run ends.
         ``progress(n)`` is called as rows finish the run's heaviest work (the last model step,
@@ -41,3 +49,19 @@ class Engine(ABC):
         and left out; elsewhere a failure raises :class:`~embedflow.errors.ItemError`.
         Closing the returned iterator stops the run and releases its resources.
         """
+
+
+# Every engine, once: name -> "module:class", imported when first asked for (Ray only then).
+ENGINES: dict[str, str] = {
+    "local": "embedflow.engines.local:LocalEngine",
+    "ray": "embedflow.engines.ray:RayEngine",
+}
+
+
+def get_engine(name: str) -> Engine:
+    """The engine called ``name``; an unknown or unavailable one raises with the fix."""
+    if name not in ENGINES:
+        msg = f"engine {name!r} is not an engine: use one of {', '.join(map(repr, ENGINES))}"
+        raise PlanError(msg)
+    module, _, cls = ENGINES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -1,7 +1,8 @@
-"""Chunk-wise implementations of the cheap steps, shared by the local engine's stages.
+"""Chunk-wise implementations of the cheap steps, shared by every engine.
 
-A chunk is ``(keys, rows)``: the source row numbers (kept for error messages and ``.safe()``
-records) and the rows. Each function takes an iterator of chunks and yields chunks.
+A chunk is ``(numbers, rows)``: the source row numbers (kept for error messages, ``.safe()``
+records and resume) and the rows. Each function takes an iterator of chunks and yields
+chunks; :func:`run_cheap` composes a cheap stage's steps through one table.
 
 >>> from embedflow.plan import Head
 >>> list(head_rows(Head(n=3), iter([(range(0, 2), ["a", "b"]), (range(2, 4), ["c", "d"])])))
@@ -13,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import ItemError
-from ..failures import Failure, FailureLog
+from ..errors import EmbedflowError, ItemError
+from ..io.readers import BadRow
 from ..operator import FunctionOperator, Operator
-from ..plan import Apply, Batch, Filter, FlatMap, Head, Project, Step
+from ..plan import Apply, Batch, Filter, FlatMap, Head, Project, Step, Whole
 from ..rows import missing_column, read_inputs, write_outputs
+from .failures import Failure, FailureLog
 
 Chunk = tuple[Sequence[int], list[Any]]
 
@@ -33,19 +35,40 @@ SKIPPED = _Skipped()  # the result of an item that failed under .safe()
 class Guard:
     """Applies a step's error policy to one failed item."""
 
-    def __init__(self, step: Step, label: str, failures: FailureLog):
-        self.skip = step.on_error == "skip"
+    def __init__(self, on_error: str, label: str, failures: FailureLog):
+        self.skip = on_error == "skip"
         self.label = label
         self.failures = failures
 
-    def handle(self, key: int | None, item: Any, exc: Exception) -> Any:
+    @classmethod
+    def of(cls, step: Step, failures: FailureLog) -> Guard:
+        return cls(step.on_error, step.label, failures)
+
+    def handle(self, number: int | None, item: Any, exc: Exception) -> Any:
         """Return SKIPPED after recording the failure (``.safe()``), else raise ItemError."""
         if isinstance(exc, ItemError):
             raise exc
         if self.skip:
-            self.failures.record(Failure.of(self.label, key, item, exc))
+            self.failures.record(Failure.of(self.label, number, item, exc, self.failures.key_of(number, item)))
             return SKIPPED
-        raise ItemError(self.label, key, item, exc) from exc
+        raise ItemError(self.label, number, item, exc) from exc
+
+
+def drop_bad_rows(numbers: Sequence[int], rows: list[Any], on_error: str, label: str, failures: FailureLog) -> Chunk:
+    """A source chunk without the rows its reader could not read: each is recorded under
+    ``skip``, else its error (which names file and line) is raised."""
+    if not any(type(r) is BadRow for r in rows):
+        return numbers, rows
+    out_numbers, out_rows = [], []
+    for number, row in zip(numbers, rows):
+        if type(row) is not BadRow:
+            out_numbers.append(number)
+            out_rows.append(row)
+        elif on_error == "skip":
+            failures.record(Failure.of(label, number, row.raw, row.error, str(number)))
+        else:
+            raise row.error
+    return out_numbers, out_rows
 
 
 def drop_skipped(keys: Sequence[int], rows: list[Any]) -> Chunk:
@@ -58,7 +81,7 @@ def drop_skipped(keys: Sequence[int], rows: list[Any]) -> Chunk:
 
 def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
     """A per-item operator (or ``.map`` function) in the calling thread."""
-    guard = Guard(step, step.name, failures)
+    guard = Guard.of(step, failures)
     inputs, outputs = step.inputs, step.outputs
     preprocess = op.preprocess
     if isinstance(op, FunctionOperator) and not op.params:
@@ -75,13 +98,13 @@ def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: Fa
             try:  # the fast path: one comprehension per chunk
                 yield keys, [preprocess(row) for row in rows]
                 continue
-            except Exception:  # noqa: BLE001 - find the failing row and raise with it
+            except Exception:  # noqa: BLE001, S110 - find the failing row and raise with it
                 pass
         yield drop_skipped(keys, [one(k, r) for k, r in zip(keys, rows)])
 
 
 def filter_rows(step: Filter, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
-    guard = Guard(step, "filter", failures)
+    guard = Guard.of(step, failures)
     for keys, rows in chunks:
         out_keys, out_rows = [], []
         for key, row in zip(keys, rows):
@@ -97,7 +120,7 @@ def filter_rows(step: Filter, chunks: Iterator[Chunk], failures: FailureLog) -> 
 
 
 def flat_map_rows(step: FlatMap, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
-    guard = Guard(step, "flat_map", failures)
+    guard = Guard.of(step, failures)
     for keys, rows in chunks:
         out_keys: list[int] = []
         out_rows: list[Any] = []
@@ -155,7 +178,7 @@ def project_rows(step: Project, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         yield keys, new
 
 
-def whole_rows(step: Any, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+def whole_rows(step: Whole, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
     """Gather every row, apply the step's function once, emit the result as one chunk."""
     keys: list[int] = []
     rows: list[Any] = []
@@ -167,3 +190,25 @@ def whole_rows(step: Any, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         msg = f"{step.name}: returned {len(out)} rows for {len(rows)}"
         raise ValueError(msg)
     yield keys, out
+
+
+def run_cheap(steps: Sequence[Step], ops: dict[int, Operator], chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
+    """The chunks after a cheap stage's steps; ``ops`` holds the operator of each Apply step
+    (by ``id(step)``)."""
+    for step in steps:
+        if isinstance(step, Apply):
+            chunks = apply_items(step, ops[id(step)], chunks, failures)
+        elif isinstance(step, Filter):
+            chunks = filter_rows(step, chunks, failures)
+        elif isinstance(step, FlatMap):
+            chunks = flat_map_rows(step, chunks, failures)
+        elif isinstance(step, Batch):
+            chunks = batch_rows(step, chunks)
+        elif isinstance(step, Head):
+            chunks = head_rows(step, chunks)
+        elif isinstance(step, Project):
+            chunks = project_rows(step, chunks)
+        else:
+            msg = f"a {type(step).__name__} step cannot run in a cheap stage"
+            raise EmbedflowError(msg)
+    return chunks

@@ -8,10 +8,10 @@ FixedSizeListType(fixed_size_list<item: float>[3])
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def as_numpy(value: Any) -> Any:
@@ -25,8 +25,11 @@ def _numeric(dtype: np.dtype) -> bool:
     return dtype.kind in "fiub"
 
 
-def _vectors(values: list[np.ndarray]) -> pa.Array:
+def _vectors(values: list[np.ndarray]) -> Any:
     """1-D arrays (None allowed) as fixed-size lists when lengths agree, else variable lists."""
+    import numpy as np
+    import pyarrow as pa
+
     present = [v for v in values if v is not None]
     dtype = np.result_type(*[v.dtype for v in present])
     lengths = {len(v) for v in present}
@@ -38,15 +41,16 @@ def _vectors(values: list[np.ndarray]) -> pa.Array:
         flat = pa.array(np.concatenate(filled).astype(dtype, copy=False), type=arrow_type)
         arr = pa.FixedSizeListArray.from_arrays(flat, size)
         if mask.any():
-            arr = pa.array(
-                [None if m else row for m, row in zip(mask, arr.to_pylist())], type=pa.list_(arrow_type, size)
-            )
+            arr = pa.array([None if m else row for m, row in zip(mask, arr.to_pylist())], type=pa.list_(arrow_type, size))
         return arr
     return pa.array([None if v is None else v.astype(dtype, copy=False) for v in values], type=pa.list_(arrow_type))
 
 
-def _matrices(values: list[np.ndarray]) -> pa.Array:
+def _matrices(values: list[np.ndarray]) -> Any:
     """2-D arrays (e.g. one row per token) as lists of fixed-size lists."""
+    import numpy as np
+    import pyarrow as pa
+
     present = [v for v in values if v is not None]
     dtype = np.result_type(*[v.dtype for v in present])
     widths = {v.shape[1] for v in present}
@@ -54,8 +58,11 @@ def _matrices(values: list[np.ndarray]) -> pa.Array:
     return pa.array([None if v is None else list(v.astype(dtype, copy=False)) for v in values], type=pa.list_(inner))
 
 
-def column_to_arrow(values: list[Any]) -> pa.Array:
+def column_to_arrow(values: list[Any]) -> Any:
     """Convert one column of Python values to an Arrow array with the most faithful type."""
+    import numpy as np
+    import pyarrow as pa
+
     values = [as_numpy(v) for v in values]
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, np.ndarray) and _numeric(v.dtype) for v in present):
@@ -70,8 +77,10 @@ def column_to_arrow(values: list[Any]) -> pa.Array:
     return pa.array(values)
 
 
-def rows_to_table(rows: list[Any], named: bool, value_column: str = "value") -> pa.Table:
+def rows_to_table(rows: list[Any], named: bool, value_column: str = "value") -> Any:
     """Rows (dicts in named mode, plain values otherwise) as an Arrow table."""
+    import pyarrow as pa
+
     if not named:
         return pa.table({value_column: column_to_arrow(rows)})
     columns: dict[str, list[Any]] = {}
@@ -83,7 +92,11 @@ def rows_to_table(rows: list[Any], named: bool, value_column: str = "value") -> 
     return pa.table({k: column_to_arrow(v) for k, v in columns.items()})
 
 
-def _column_to_python(col: pa.Array) -> list[Any]:
+def _column_to_python(col: Any) -> list[Any]:
+
+    import numpy as np
+    import pyarrow as pa
+
     typ = col.type
     if pa.types.is_fixed_size_list(typ) and pa.types.is_primitive(typ.value_type) and col.null_count == 0:
         flat = col.flatten().to_numpy(zero_copy_only=False)
@@ -93,7 +106,7 @@ def _column_to_python(col: pa.Array) -> list[Any]:
     return col.to_pylist()
 
 
-def batch_to_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
+def batch_to_rows(batch: Any) -> list[dict[str, Any]]:
     """An Arrow record batch as row dicts, vectors as numpy arrays."""
     columns = {name: _column_to_python(batch.column(i)) for i, name in enumerate(batch.schema.names)}
     return [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else []

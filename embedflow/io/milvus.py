@@ -1,9 +1,10 @@
 """Milvus as a sink: a local file path is Milvus Lite (embedded, nothing to start); an
 ``http://host:19530`` URI is a Milvus server. Needs ``pip install 'embedflow[milvus]'``.
 
-Rows are upserted by primary key (the row key), so writing the same rows again replaces them
-instead of duplicating them. The collection is created on the first write with the vectors'
-dimension and the metric (``COSINE`` by default: right for normalised vectors).
+Rows are upserted by primary key (the row key: see :mod:`.keys`), so writing the same rows
+again replaces them instead of duplicating them. The collection is created on the first
+write with the vectors' dimension and the metric (``COSINE`` by default: right for
+normalised vectors).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from ..errors import EmbedflowError, PlanError
-from .writers import plain_value
+from .files import plain_value
+from .keys import row_key
+from .sinks import Sink, SinkContext
 
 INSTALL_HINT = "Milvus support needs pymilvus and Milvus Lite, which are not installed: pip install 'embedflow[milvus]'"
 METRICS = ("COSINE", "IP", "L2")
@@ -30,22 +31,76 @@ def client(uri: str | os.PathLike[str], token: str | None = None) -> Any:
     text = os.fspath(uri)
     if "://" not in text:
         os.makedirs(os.path.dirname(os.path.abspath(text)) or ".", exist_ok=True)
-    return MilvusClient(uri=text, token=token or os.environ.get("MILVUS_TOKEN", ""))
+    try:
+        return MilvusClient(uri=text, token=token or os.environ.get("MILVUS_TOKEN", ""))
+    except Exception as exc:
+        msg = f"milvus: cannot connect to {text!r}: {exc}. Check the address (a Milvus Lite file path, or http://host:19530) and that the server runs"
+        raise EmbedflowError(msg) from exc
 
 
-class MilvusWriter:
-    """Upserts rows into a collection in batches."""
+def check_metric(metric: str) -> str:
+    """The metric in upper case, or an error listing the valid ones."""
+    upper = str(metric).upper()
+    if upper not in METRICS:
+        msg = f"milvus: metric={metric!r} is not one of {', '.join(METRICS)}"
+        raise PlanError(msg)
+    return upper
 
-    def __init__(self, uri: str, collection: str, vector: str = "vec", fields: Sequence[str] | None = None, metric: str = "COSINE", batch_size: int = 256):
-        metric = metric.upper()
-        if metric not in METRICS:
-            msg = f"milvus: metric={metric!r} is not one of {', '.join(METRICS)}"
-            raise PlanError(msg)
-        self.client = client(uri)
-        self.uri, self.collection, self.vector, self.fields, self.metric = str(uri), collection, vector, fields, metric
+
+class MilvusSink(Sink):
+    """Upserts rows into a collection in batches; ``close`` returns the rows written.
+
+    ``vector`` is the vector column; ``fields`` the scalar columns stored beside it (default:
+    every scalar column); ``key`` overrides the row key column.
+    """
+
+    ordered = False  # upserts by key: any order gives the same collection
+
+    def __init__(
+        self,
+        uri: str | os.PathLike[str],
+        collection: str,
+        vector: str = "vec",
+        fields: Sequence[str] | None = None,
+        metric: str = "COSINE",
+        key: str | None = None,
+        batch_size: int = 256,
+    ):
+        self.uri, self.collection, self.vector = os.fspath(uri), collection, vector
+        self.fields = tuple(fields) if fields is not None else None
+        self.metric = check_metric(metric)
+        self.key = key
         self.batch_size = batch_size
+        self.count = 0
+
+    def open(self, context: SinkContext) -> None:
+        super().open(context)
+        if not context.named:
+            msg = "milvus needs named rows: name the columns, e.g. ef.dc['text'](...) ... ['text', 'vec']"
+            raise EmbedflowError(msg)
+        self.client = client(self.uri)
         self.pending: list[dict[str, Any]] = []
-        self.written = 0
+
+    def write(self, numbers: Sequence[int], rows: list[Any]) -> None:
+        key_column = self.key or self.context.key_column
+        for number, row in zip(numbers, rows):
+            self._add(row_key(number, row, key_column) or "", row)
+
+    def _add(self, key: str, row: dict[str, Any]) -> None:
+        import numpy as np
+
+        if self.vector not in row:
+            msg = f"milvus: no vector column {self.vector!r} in the rows (columns: {list(row)}); set vector: <column>"
+            raise EmbedflowError(msg)
+        vec = np.asarray(plain_value(row[self.vector]), dtype=np.float32).ravel()
+        entity: dict[str, Any] = {"id": key, "vector": vec.tolist()}
+        for name in self.fields if self.fields is not None else [c for c in row if c != self.vector]:
+            value = plain_value(row[name])
+            if isinstance(value, (str, int, float, bool)) or value is None:
+                entity[name] = value
+        self.pending.append(entity)
+        if len(self.pending) >= self.batch_size:
+            self._flush()
 
     def _ensure(self, dim: int) -> None:
         if self.client.has_collection(self.collection):
@@ -56,35 +111,36 @@ class MilvusWriter:
                 raise EmbedflowError(msg)
             return
         self.client.create_collection(
-            self.collection, dimension=dim, metric_type=self.metric, id_type="string", max_length=2048,
-            auto_id=False, enable_dynamic_field=True,
+            self.collection,
+            dimension=dim,
+            metric_type=self.metric,
+            id_type="string",
+            max_length=2048,
+            auto_id=False,
+            enable_dynamic_field=True,
         )
 
-    def add(self, key: str, row: dict[str, Any]) -> None:
-        if self.vector not in row:
-            msg = f"milvus: no vector column {self.vector!r} in the rows (columns: {list(row)}); set vector: <column>"
-            raise EmbedflowError(msg)
-        vec = np.asarray(row[self.vector], dtype=np.float32).ravel()
-        entity = {"id": str(key), "vector": vec.tolist()}
-        for name in self.fields if self.fields is not None else [c for c in row if c != self.vector]:
-            value = plain_value(row[name])
-            if isinstance(value, (str, int, float, bool)) or value is None:
-                entity[name] = value
-        self.pending.append(entity)
-        if len(self.pending) >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
+    def _flush(self) -> None:
         if not self.pending:
             return
         self._ensure(len(self.pending[0]["vector"]))
         self.client.upsert(self.collection, self.pending)
-        self.written += len(self.pending)
+        self.count += len(self.pending)
         self.pending = []
 
-    def close(self) -> None:
-        self.flush()
-        self.client.close()
+    def close(self) -> int:
+        try:
+            self._flush()
+        finally:
+            self.client.close()
+        return self.count
+
+    def abort(self) -> None:
+        """Upserts are idempotent: keep what was written, send what is pending."""
+        try:
+            self._flush()
+        finally:
+            self.client.close()
 
 
 def search(cl: Any, collection: str, vectors: list[list[float]], limit: int, fields: Sequence[str] | None) -> list[list[dict[str, Any]]]:

@@ -1,4 +1,6 @@
-"""Sinks: they pull rows from an engine's chunks and turn them into Python, numpy or files.
+"""The sink protocol: where a run's rows go. Every sink — a Python list, a numpy array, an
+Arrow table, a Parquet / JSON-lines / ``.npy`` file, Milvus, a printed table — implements it,
+and one routine (:func:`embedflow.engines.execute`) feeds any of them from any engine.
 
 >>> import embedflow as ef
 >>> ef.dc([[1.0, 0.0], [0.0, 2.0]]).to_numpy().shape
@@ -7,18 +9,80 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
-import numpy as np
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ColumnError, PlanError
+from .arrow import as_numpy, rows_to_table
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink knows about the rows before they come."""
+
+    named: bool = False  # rows are dicts of named columns
+    key_column: str | None = None  # the column that identifies a row (None: the row number)
+
+
+class Sink:
+    """Base of every sink: ``open``, then ``write`` chunks, then ``close`` (or ``abort``).
+
+    ``write`` receives the source row numbers of the rows beside them. A sink with
+    ``ordered = False`` accepts rows in any order (an engine may then hand over each row as
+    soon as it is finished); others receive them in input order. ``close`` makes the result
+    appear — a file appears only then, complete — and returns it; ``abort`` leaves nothing
+    half-written behind.
+    """
+
+    ordered = True
+
+    def open(self, context: SinkContext) -> None:
+        self.context = context
+
+    def write(self, numbers: Sequence[int], rows: list[Any]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> Any:
+        return None
+
+    def abort(self) -> None:
+        """The run failed or was interrupted; by default, nothing to undo."""
+
+
+def select_columns(rows: list[Any], columns: Sequence[str] | None) -> list[Any]:
+    """Only ``columns`` of each named row (all when ``columns`` is None)."""
+    if not columns:
+        return rows
+    try:
+        return [{c: row[c] for c in columns} for row in rows]
+    except KeyError as exc:
+        have = list(rows[0]) if rows and isinstance(rows[0], dict) else []
+        msg = f"sink: no column {exc.args[0]!r} in the rows (columns: {have})"
+        raise ColumnError(msg) from None
+
+
+class CollectSink(Sink):
+    """Every row in a list (``to_list``)."""
+
+    def open(self, context: SinkContext) -> None:
+        super().open(context)
+        self.rows: list[Any] = []
+
+    def write(self, numbers: Sequence[int], rows: list[Any]) -> None:
+        self.rows.extend(rows)
+
+    def close(self) -> list[Any]:
+        return self.rows
 
 
 def vector_column(named: bool, first: Any, column: str | None) -> str | None:
     """Which column ``to_numpy`` stacks: the one asked for, or the only array-valued one."""
+    import numpy as np
+
     if not named:
         if column is not None:
             msg = f"to_numpy(column={column!r}): the rows are unnamed values; call to_numpy() without column"
@@ -28,7 +92,7 @@ def vector_column(named: bool, first: Any, column: str | None) -> str | None:
         return column
     if first is None:
         return None
-    arrays = [k for k, v in first.items() if isinstance(v, np.ndarray) or type(v).__name__ == "Tensor"]
+    arrays = [k for k, v in first.items() if isinstance(as_numpy(v), np.ndarray)]
     if len(arrays) == 1:
         return arrays[0]
     msg = f"to_numpy() needs column=... when rows have several columns: choose one of {list(first)}"
@@ -37,50 +101,65 @@ def vector_column(named: bool, first: Any, column: str | None) -> str | None:
 
 def stack(values: list[Any], what: str) -> np.ndarray:
     """Stack row values (arrays, tensors, lists, numbers) into one array with a clear error."""
-    from .arrow import as_numpy
+    import numpy as np
 
     arrays = [np.asarray(as_numpy(v)) for v in values]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        msg = (
-            f"to_numpy(): {what} have different shapes {sorted(shapes)[:4]}; "
-            "stacking needs one shape (use pooling, or to_list() for ragged values)"
-        )
+        msg = f"to_numpy(): {what} have different shapes {sorted(shapes)[:4]}; stacking needs one shape (use pooling, or to_list() for ragged values)"
         raise PlanError(msg)
     if not arrays:
         return np.empty((0,), dtype=np.float32)
     return np.stack(arrays)
 
 
-def to_numpy(chunks: Iterator[list[Any]], named: bool, column: str | None) -> np.ndarray:
-    """Stack every row (or one column of named rows) into an array of shape (rows, ...)."""
-    values: list[Any] = []
-    chosen: str | None = None
-    decided = False
-    for rows in chunks:
-        if not decided:
-            chosen = vector_column(named, rows[0] if rows else None, column)
-            decided = True
-        if chosen is None:
-            values.extend(rows)
-        else:
-            try:
-                values.extend(row[chosen] for row in rows)
-            except KeyError:
-                msg = f"to_numpy(column={chosen!r}): no such column; the rows have {list(rows[0])}"
-                raise ColumnError(msg) from None
-    return stack(values, f"the values of column {chosen!r}" if chosen else "the rows")
+class NumpySink(Sink):
+    """The rows, or one column of named rows, stacked into one array (``to_numpy``)."""
+
+    def __init__(self, column: str | None = None):
+        self.column = column
+
+    def open(self, context: SinkContext) -> None:
+        super().open(context)
+        self.values: list[Any] = []
+        self.chosen: str | None = None
+        self.decided = False
+
+    def write(self, numbers: Sequence[int], rows: list[Any]) -> None:
+        if not rows:
+            return
+        if not self.decided:
+            self.chosen = vector_column(self.context.named, rows[0], self.column)
+            self.decided = True
+        if self.chosen is None:
+            self.values.extend(rows)
+            return
+        try:
+            self.values.extend(row[self.chosen] for row in rows)
+        except KeyError:
+            msg = f"to_numpy(column={self.chosen!r}): no such column; the rows have {list(rows[0])}"
+            raise ColumnError(msg) from None
+
+    def close(self) -> np.ndarray:
+        if not self.decided:
+            vector_column(self.context.named, None, self.column)  # still refuse column= on unnamed rows
+        return stack(self.values, f"the values of column {self.chosen!r}" if self.chosen else "the rows")
 
 
-def to_parquet(chunks: Iterator[list[Any]], named: bool, path: str | os.PathLike[str], row_group_rows: int = 4096) -> Path:
-    """Write rows to ``path`` incrementally in row groups; the file appears atomically at the end."""
-    from .writers import write_parquet
+class ArrowSink(Sink):
+    """A ``pyarrow.Table`` (``to_arrow``); unnamed rows become one column called ``value``."""
 
-    def records() -> Iterator[tuple[int, str, Any]]:
-        for rows in chunks:
-            for row in rows:
-                yield 0, "", row if named else {"value": row}
+    def open(self, context: SinkContext) -> None:
+        super().open(context)
+        self.tables: list[Any] = []
 
-    target = Path(path)
-    write_parquet(target, records(), row_group_rows)
-    return target
+    def write(self, numbers: Sequence[int], rows: list[Any]) -> None:
+        if rows:
+            self.tables.append(rows_to_table(rows, self.context.named))
+
+    def close(self) -> Any:
+        import pyarrow as pa
+
+        if not self.tables:
+            return pa.table({})
+        return pa.concat_tables(self.tables, promote_options="permissive")

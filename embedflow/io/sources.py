@@ -1,50 +1,177 @@
-"""Source nodes: lazy readers that yield one row per item, opened anew for every run.
+"""Sources: where rows come from. Each lists its parts (see :mod:`.readers`), anew for every run.
+
+An engine that reads in one place asks for the source whole (``parts()``: one part per file,
+no pass over the data first); an engine that reads in many processes asks for it cut
+(``parts(split=True)``: line files in ranges, Parquet in row groups). A resumed run filters
+the parts (``with_filter``), the same for every engine.
 
 Unnamed rows are plain values; named rows are dicts (column -> value).
 
->>> from embedflow.io.sources import from_iterable
 >>> src = from_iterable([1, 2], columns=("n",))
->>> list(src.open())
-[{'n': 1}, {'n': 2}]
+>>> [list(part) for part in src.parts()]
+[[(0, {'n': 1}), (1, {'n': 2})]]
 """
 
 from __future__ import annotations
 
-import csv
 import glob as _glob
-import json
+import hashlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ColumnError, EmbedflowError
-from ..plan import Source
-from .parts import parts_of
+from ..errors import ColumnError, EmbedflowError, user_stacklevel
+from .ranges import RowFilter
+from .readers import CsvPart, GlobPart, ItemsPart, LinesPart, ParquetPart, Part, line_parts, parquet_parts
 
 
-def _name_rows(values: Iterable[Any], columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    if len(columns) == 1:
-        (col,) = columns
-        for value in values:
-            yield {col: value}
-        return
-    for i, value in enumerate(values):
-        if isinstance(value, dict):
-            missing = [c for c in columns if c not in value]
-            if missing:
-                msg = f"item {i} has no key {missing[0]!r} (keys: {sorted(value)}); selectors were {list(columns)}"
-                raise ColumnError(msg)
-            yield {c: value[c] for c in columns}
-            continue
-        values_t = tuple(value)
-        if len(values_t) != len(columns):
-            msg = f"item {i} has {len(values_t)} values but {len(columns)} columns were named ({list(columns)})"
-            raise ColumnError(msg)
-        yield dict(zip(columns, values_t))
+@dataclass(frozen=True)
+class Source:
+    """Base of every source: how it reads (``parts``), how it looks (``label``, ``spec``)."""
+
+    kind: str
+    label: str
+    named: bool = False
+    columns: tuple[str, ...] | None = None  # known column names in named mode, else None
+    spec: dict[str, Any] | None = field(default=None, compare=False)  # its YAML form, if any
+    key_column: str | None = None  # the column that identifies a row by default (glob: the path)
+    row_filter: RowFilter | None = None  # rows to leave out (a resumed run, --limit)
+
+    def describe(self) -> str:
+        cols = f" -> {', '.join(self.columns)}" if self.named and self.columns else ""
+        return f"{self.label}{cols}"
+
+    def parts(self, split: bool = False) -> list[Part]:
+        """The parts to read, in order; ``split`` cuts files for reading in parallel."""
+        parts = self._parts(split)
+        return self.row_filter.apply(parts) if self.row_filter is not None else parts
+
+    def _parts(self, split: bool) -> list[Part]:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    def with_filter(self, row_filter: RowFilter | None) -> Source:
+        """The same source, leaving out the rows ``row_filter`` names."""
+        return replace(self, row_filter=row_filter)
+
+    def size_hint(self) -> int | None:
+        """How many rows the source holds, when known without reading it."""
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the input's content, to tell a changed input from an unchanged one
+        (a resumed run must read the same rows): see each source."""
+        return {}
 
 
+@dataclass(frozen=True, kw_only=True)
+class ItemsSource(Source):
+    """An in-memory iterable; a one-shot iterator (a generator) can be read only once."""
+
+    items: Any = field(compare=False, repr=False)
+    _used: list[bool] = field(default_factory=list, compare=False, repr=False)
+
+    def _parts(self, split: bool) -> list[Part]:
+        if iter(self.items) is self.items:  # an iterator: reading it uses it up
+            if self._used:
+                msg = (
+                    f"{self.label}: the source is a one-shot iterator ({type(self.items).__name__}) that an earlier "
+                    "run used up; pass a list (ef.dc(list(items))) to run the collection more than once"
+                )
+                raise EmbedflowError(msg)
+            self._used.append(True)
+        return [ItemsPart(self.items, self.columns)]
+
+    def size_hint(self) -> int | None:
+        try:
+            return len(self.items)
+        except TypeError:
+            return None
+
+    def identity(self) -> dict[str, Any]:
+        """A hash of the items' text, for the lists a pipeline file writes (``items:``)."""
+        if not isinstance(self.items, (list, tuple)):
+            return {}
+        return {"items": hashlib.sha256(repr(self.items).encode()).hexdigest()[:16]}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlobSource(Source):
+    """File paths matching any of ``patterns`` (``**`` recursive), sorted, each real file once."""
+
+    patterns: tuple[str, ...]
+
+    def _parts(self, split: bool) -> list[Part]:
+        return [GlobPart(list_files(self.patterns), self.columns)]
+
+    def identity(self) -> dict[str, Any]:
+        """The listing: every file's path, size and modification time (a file's contents are
+        read by the steps, not by this source)."""
+        digest = hashlib.sha256()
+        paths = list_files(self.patterns)
+        for p in paths:
+            st = os.stat(p) if os.path.exists(p) else None
+            digest.update(f"{p}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
+        return {"files": len(paths), "listing": digest.hexdigest()[:16]}
+
+
+def list_files(patterns: tuple[str, ...]) -> list[str]:
+    """The sorted files matching ``patterns``. A file reached twice (through a symlinked
+    folder, or by two patterns) is listed once; a dangling symlink is listed (reading it then
+    fails and is recorded or raised) rather than dropped silently."""
+    found: dict[str, str] = {}
+    for pattern in patterns:
+        for p in _glob.glob(os.path.expanduser(str(pattern)), recursive=True):
+            if os.path.isfile(p) or (os.path.islink(p) and not os.path.exists(p)):
+                found.setdefault(p, os.path.realpath(p))
+    seen: set[str] = set()
+    paths = []
+    for p in sorted(found):
+        if found[p] not in seen:
+            seen.add(found[p])
+            paths.append(p)
+    if not paths:
+        warnings.warn(f"glob{patterns!r} matched no file (relative to {os.getcwd()}); check the pattern", stacklevel=user_stacklevel())
+    return paths
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileSource(Source):
+    """A text, JSON-lines, CSV or Parquet file."""
+
+    path: str
+    format: str  # text | jsonl | csv | parquet
+
+    def _parts(self, split: bool) -> list[Part]:
+        path, columns = self.path, self.columns
+        if not os.path.exists(path):
+            msg = f"{self.kind}: input file {path!r} does not exist (relative to {os.getcwd()})"
+            raise EmbedflowError(msg)
+        if self.format in ("text", "jsonl"):
+            if split:
+                return list(line_parts(path, self.format, columns))
+            return [LinesPart(path, 0, None, 0, 1, None, self.format, columns)]
+        if self.format == "parquet":
+            if split:
+                return list(parquet_parts(path, columns))
+            return [ParquetPart(path, None, 0, None, columns)]
+        return [CsvPart(path, columns)]
+
+    def identity(self) -> dict[str, Any]:
+        """The file's size, modification time and a hash of its contents."""
+        if not os.path.exists(self.path):
+            return {"path": self.path}
+        st = os.stat(self.path)
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"path": os.path.abspath(self.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()[:16]}
+
+
+# --------------------------------------------------------------------------- constructors
 def _label_of(iterable: Any) -> str:
     try:
         return f"{type(iterable).__name__} of {len(iterable)}"
@@ -54,21 +181,7 @@ def _label_of(iterable: Any) -> str:
 
 def from_iterable(iterable: Iterable[Any], columns: tuple[str, ...] | None = None) -> Source:
     """A source over any iterable; a one-shot iterator (a generator) can be run only once."""
-    if columns:
-        return Source("dc", f"dc({_label_of(iterable)})", lambda: _name_rows(iterable, columns), True, columns)
-    return Source("dc", f"dc({_label_of(iterable)})", lambda: iter(iterable))
-
-
-def _glob_paths(patterns: tuple[str, ...]) -> Iterator[str]:
-    found: set[str] = set()
-    for pattern in patterns:
-        found.update(p for p in _glob.glob(os.path.expanduser(str(pattern)), recursive=True) if os.path.isfile(p))
-    if not found:
-        warnings.warn(
-            f"glob{patterns!r} matched no file (relative to {os.getcwd()}); check the pattern",
-            stacklevel=2,
-        )
-    yield from sorted(found)
+    return ItemsSource(kind="dc", label=f"dc({_label_of(iterable)})", named=bool(columns), columns=columns or None, items=iterable)
 
 
 def from_glob(patterns: tuple[str, ...], columns: tuple[str, ...] | None = None) -> Source:
@@ -78,103 +191,53 @@ def from_glob(patterns: tuple[str, ...], columns: tuple[str, ...] | None = None)
         raise EmbedflowError(msg)
     pats = tuple(str(p) for p in patterns)
     label = f"glob({', '.join(repr(p) for p in pats)})"
-    spec = {"glob": pats[0] if len(pats) == 1 else list(pats)}
+    spec: dict[str, Any] = {"glob": pats[0] if len(pats) == 1 else list(pats)}
+    if columns and len(columns) != 1:
+        msg = f"glob names one column (the path), got {list(columns)}: use ef.glob['path'](...)"
+        raise ColumnError(msg)
     if columns:
-        if len(columns) != 1:
-            msg = f"glob names one column (the path), got {list(columns)}: use ef.glob['path'](...)"
-            raise ColumnError(msg)
-        return Source("glob", label, lambda: _name_rows(_glob_paths(pats), columns), True, columns, {**spec, "column": columns[0]})
-    return Source("glob", label, lambda: _glob_paths(pats), spec=spec)
+        spec["column"] = columns[0]
+    return GlobSource(
+        kind="glob", label=label, named=bool(columns), columns=columns or None, spec=spec, key_column=columns[0] if columns else None, patterns=pats
+    )
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield line.rstrip("\r\n")
+_FORMATS = {"read_text": "text", "read_jsonl": "jsonl", "read_csv": "csv", "read_parquet": "parquet"}
+
+
+def from_file(kind: str, path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
+    """A ``read_text`` / ``read_jsonl`` / ``read_csv`` / ``read_parquet`` source.
+
+    ``read_text`` has one column (``columns[0]``, when named); the other formats are always
+    named and ``columns`` keeps only those keys.
+    """
+    p = str(Path(path))
+    fmt = _FORMATS[kind]
+    if fmt == "text":
+        columns = columns[:1] if columns else None
+        spec: dict[str, Any] = {kind: p, **({"column": columns[0]} if columns else {})}
+        named = bool(columns)
+    else:
+        spec = {kind: p, **({"columns": list(columns)} if columns else {})}
+        named = True
+    return FileSource(kind=kind, label=f"{kind}({p!r})", named=named, columns=columns or None, spec=spec, path=p, format=fmt)
 
 
 def from_text(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
     """One row per line of a UTF-8 text file (line endings removed, blank lines kept)."""
-    p = Path(path)
-    label = f"read_text({str(p)!r})"
-    if columns:
-        spec = {"read_text": str(p), "column": columns[0]}
-        return Source("read_text", label, lambda: _name_rows(_lines(p), columns[:1]), True, columns[:1], spec, parts=lambda: parts_of(p, "read_text", columns[:1]))
-    return Source("read_text", label, lambda: _lines(p), spec={"read_text": str(p)}, parts=lambda: parts_of(p, "read_text", None))
-
-
-def _jsonl(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield parse_json_line(line, path, lineno, columns)
-
-
-def parse_json_line(line: str, path: str | os.PathLike[str], lineno: int, columns: tuple[str, ...] | None) -> dict[str, Any]:
-    """One row of a JSON-lines file, or an error naming ``path:lineno``."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        msg = f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object"
-        raise EmbedflowError(msg) from exc
-    if not isinstance(row, dict):
-        msg = f"{path}:{lineno}: a JSON {type(row).__name__}, not an object; each line must be one JSON object"
-        raise EmbedflowError(msg)
-    return _pick(row, columns, f"{path}:{lineno}")
-
-
-def _pick(row: dict[str, Any], columns: tuple[str, ...] | None, where: str) -> dict[str, Any]:
-    if not columns:
-        return row
-    missing = [c for c in columns if c not in row]
-    if missing:
-        msg = f"{where}: no column {missing[0]!r}; the row has {sorted(row)}"
-        raise ColumnError(msg)
-    return {c: row[c] for c in columns}
+    return from_file("read_text", path, columns)
 
 
 def from_jsonl(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
     """Rows of a JSON-lines file (one object per line); ``columns`` keeps only those keys."""
-    p = Path(path)
-    spec = {"read_jsonl": str(p), **({"columns": list(columns)} if columns else {})}
-    return Source("read_jsonl", f"read_jsonl({str(p)!r})", lambda: _jsonl(p, columns), True, columns, spec, parts=lambda: parts_of(p, "read_jsonl", columns))
-
-
-def _csv(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.DictReader(f), 2):
-            yield _pick(row, columns, f"{path}:{lineno}")
+    return from_file("read_jsonl", path, columns)
 
 
 def from_csv(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
     """Rows of a CSV file with a header line; values are strings."""
-    p = Path(path)
-    spec = {"read_csv": str(p), **({"columns": list(columns)} if columns else {})}
-    return Source("read_csv", f"read_csv({str(p)!r})", lambda: _csv(p, columns), True, columns, spec)
-
-
-def _parquet(path: Path, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    from .arrow import batch_to_rows
-
-    pf = pq.ParquetFile(path)
-    check_parquet_columns(pf, path, columns)
-    for batch in pf.iter_batches(batch_size=1024, columns=list(columns) if columns else None):
-        yield from batch_to_rows(batch)
-
-
-def check_parquet_columns(file: Any, path: str | os.PathLike[str], columns: tuple[str, ...] | None) -> None:
-    """Fail with the file's column names when a wanted column is not in ``file`` (a ParquetFile)."""
-    names = file.schema_arrow.names
-    missing = [c for c in columns or () if c not in names]
-    if missing:
-        msg = f"{path}: no column {missing[0]!r}; the file has {names}"
-        raise ColumnError(msg)
+    return from_file("read_csv", path, columns)
 
 
 def from_parquet(path: str | os.PathLike[str], columns: tuple[str, ...] | None = None) -> Source:
     """Rows of a Parquet file, read in record batches; vector columns come back as numpy arrays."""
-    p = Path(path)
-    spec = {"read_parquet": str(p), **({"columns": list(columns)} if columns else {})}
-    return Source("read_parquet", f"read_parquet({str(p)!r})", lambda: _parquet(p, columns), True, columns, spec, parts=lambda: parts_of(p, "read_parquet", columns))
+    return from_file("read_parquet", path, columns)

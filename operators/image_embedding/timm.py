@@ -17,6 +17,9 @@ from embedflow import Operator
 from embedflow.errors import did_you_mean
 from embedflow.models import model_packages, resolve_model
 
+from .._layers import POOLS, LayerCatcher, pool_output
+from ..image_decode import decode_image
+
 
 class TimmImageEmbedding(Operator):
     """Embed images with a timm model: ``forward_head(forward_features(x), pre_logits=True)``.
@@ -58,17 +61,12 @@ class TimmImageEmbedding(Operator):
 
         if not isinstance(model_name, str) or not timm.is_model(model_name.split(".")[0]):
             hint = did_you_mean(str(model_name), timm.list_models())
-            msg = (
-                f"image_embedding.timm: model_name={model_name!r} is not a timm model.{hint} "
-                "See timm.list_models('pattern*') for the names."
-            )
+            msg = f"image_embedding.timm: model_name={model_name!r} is not a timm model.{hint} See timm.list_models('pattern*') for the names."
             raise ValueError(msg)
         self.model_name = model_name
         self.pretrained = bool(pretrained)
         self.checkpoint_path = checkpoint_path
         self.channels_last = channels_last
-        from operators._layers import POOLS
-
         if pool not in POOLS:
             msg = f"image_embedding.timm: pool={pool!r} is not one of {', '.join(POOLS)}"
             raise ValueError(msg)
@@ -106,8 +104,6 @@ class TimmImageEmbedding(Operator):
         self.model = model.to(device).eval()
         self.transform = create_transform(**resolve_data_config({}, model=model))
         if self.layer is not None:
-            from operators._layers import LayerCatcher
-
             self.catch = LayerCatcher(self.model, self.layer)
 
     def _head_changed(self, model: Any) -> bool:
@@ -116,8 +112,6 @@ class TimmImageEmbedding(Operator):
 
     def preprocess(self, image: Any) -> Any:
         from PIL import Image
-
-        from operators.image_decode import decode_image
 
         if not isinstance(image, Image.Image):
             image = Image.fromarray(decode_image(image))
@@ -133,9 +127,7 @@ class TimmImageEmbedding(Operator):
 
     def forward(self, batch: Any) -> Any:
         if self.layer is not None:
-            from operators._layers import pool
-
-            return pool(self.catch(batch), self.pool)
+            return pool_output(self.catch(batch), self.pool)
         return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
 
     def postprocess(self, output: Any) -> list[np.ndarray]:

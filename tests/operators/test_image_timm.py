@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import embedflow as ef
+from embedflow.engines.replicas import cached
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_equals_timm_on_real_photos(resnet_checkpoint, sample_images):
 def test_paths_and_pil_images_are_accepted_directly(resnet_checkpoint, sample_images):
     path, model = resnet_checkpoint
     photo = sample_images[0]
-    op = dict(model_name="resnet18", pretrained=False, checkpoint_path=str(path))
+    op = {"model_name": "resnet18", "pretrained": False, "checkpoint_path": str(path)}
     from_path = ef.dc([photo]).image_embedding.timm(**op).to_numpy()
     from_pil = ef.dc([Image.open(photo).convert("L")]).image_embedding.timm(**op).to_numpy()
     np.testing.assert_allclose(from_path, _timm_direct(model, [photo]), rtol=1e-4, atol=1e-5)
@@ -104,9 +105,9 @@ def test_extra_keyword_arguments_go_to_create_model():
 
 def test_channels_last_is_on_for_conv_nets_and_gives_the_same_vectors(resnet_checkpoint, sample_images):
     path, _model = resnet_checkpoint
-    op = dict(model_name="resnet18", pretrained=False, checkpoint_path=str(path))
+    op = {"model_name": "resnet18", "pretrained": False, "checkpoint_path": str(path)}
     auto = ef.dc(sample_images[:4]).image_embedding.timm(**op)
     plain = ef.dc(sample_images[:4]).image_embedding.timm(channels_last=False, **op)
     np.testing.assert_allclose(auto.to_numpy(), plain.to_numpy(), rtol=1e-4, atol=1e-5)
-    assert auto.plan.steps[0].ready["cpu"].channels_last is True
-    assert plain.plan.steps[0].ready["cpu"].channels_last is False
+    assert cached(auto.plan.steps[0])["cpu"].channels_last is True  # the replica the run set up
+    assert cached(plain.plan.steps[0])["cpu"].channels_last is False

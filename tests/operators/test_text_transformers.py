@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import embedflow as ef
+from embedflow.plan import instantiate
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -22,12 +23,7 @@ def varied_texts(sample_texts):
 def test_matches_sentence_transformers_encode(varied_texts, minilm_path):
     from sentence_transformers import SentenceTransformer
 
-    ours = (
-        ef.dc(varied_texts)
-        .text_embedding.transformers(model_name=MINILM, batch_size=16)
-        .normalize()
-        .to_numpy()
-    )
+    ours = ef.dc(varied_texts).text_embedding.transformers(model_name=MINILM, batch_size=16).normalize().to_numpy()
     theirs = SentenceTransformer(str(minilm_path), device="cpu").encode(varied_texts, batch_size=16)
     assert ours.shape == theirs.shape == (len(varied_texts), 384)
     assert ours.dtype == np.float32
@@ -47,7 +43,9 @@ def _tiny_bert(tmp_path, minilm_path):
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, max_position_embeddings=64
+    )
     model = BertModel(config).eval()
     folder = tmp_path / "tiny-bert"
     model.save_pretrained(folder)
@@ -121,7 +119,7 @@ def test_named_columns_and_laziness():
 
 def test_batch_tokenization_equals_item_by_item(sample_texts):
     step = ef.dc(["x"]).text_embedding.transformers(model_name=MINILM).plan.steps[0]
-    op = step.operator
+    op = instantiate(step)
     op.setup("cpu")
     texts = sample_texts[:10] + [" ".join(sample_texts)]  # the last one is truncated
     assert op.preprocess_batch([(t,) for t in texts]) == [op.preprocess(t) for t in texts]

@@ -1,0 +1,184 @@
+"""The model-batching routine: the one piece of code that turns rows into a model's outputs,
+shared by the local engine, the Ray actors and the server.
+
+::
+
+    prepare   preprocess each row (``preprocess_batch`` when the operator has it, item by
+              item to name a bad row), with its size (``sort_key``)
+    cut       sort a window of prepared items by size, cut batches by rows or padded tokens
+    collate   one batch, on the CPU
+    forward   on the device under inference_mode and autocast, back to the CPU, postprocess,
+              one result per row written back into the row
+    retry     a batch that fails is run again item by item, so one bad input is named (or
+              skipped under ``.safe()``) and the good ones are kept
+
+The routine owns no thread and no process: an engine calls the phases from its own threads
+(the local engine overlaps them) or all at once (:meth:`ModelBatcher.process`).
+
+>>> items = [(i, n) for i, n in enumerate([5, 1, 4, 2])]  # (position, size)
+>>> [[p for p, _ in b] for b in cut_window(items, batch_size=2, key=lambda it: it[1])]
+[[1, 3], [2, 0]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import EmbedflowError
+from ..operator import Operator
+from ..plan import ModelStage
+from ..rows import read_inputs, write_outputs
+from .devices import move
+from .failures import FailureLog
+from .steps import SKIPPED, Chunk, Guard
+
+T = TypeVar("T")
+Prepared = tuple[int, Any, Any, int]  # (source row number, row, prepared item, size)
+
+
+def cut_window(items: list[T], batch_size: int, key: Callable[[T], int] | None = None, max_tokens: int | None = None) -> list[list[T]]:
+    """Batches for one window: sorted by ``key`` when given, at most ``batch_size`` items each
+    and, with ``max_tokens``, at most that many padded tokens (``len(batch) * max(key)``) — a
+    batch always holds at least one item.
+
+    >>> cut_window([3, 1, 2], batch_size=2)
+    [[3, 1], [2]]
+    >>> cut_window([9, 1, 1, 1], batch_size=4, key=lambda n: n, max_tokens=9)
+    [[1, 1, 1], [9]]
+    """
+    ordered = sorted(items, key=key) if key is not None else list(items)
+    batches: list[list[T]] = []
+    current: list[T] = []
+    longest = 0
+    for item in ordered:
+        size = key(item) if (key is not None and max_tokens is not None) else 0
+        widest = max(longest, size)
+        too_many = len(current) >= batch_size
+        too_wide = max_tokens is not None and current and widest * (len(current) + 1) > max_tokens
+        if current and (too_many or too_wide):
+            batches.append(current)
+            current, widest = [], size
+        current.append(item)
+        longest = widest
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class Replica:
+    """One copy of a model operator, set up on its device."""
+
+    device: str
+    op: Operator
+    autocast: Callable[[], Any]  # a factory of the autocast context
+    non_blocking: bool = False  # copies to the device may overlap compute (pinned memory)
+
+
+class ModelBatcher:
+    """The batching routine of one model stage (see the module docstring).
+
+    ``op`` is any replica of the operator: ``preprocess``, ``sort_key`` and ``collate`` do not
+    depend on the device.
+    """
+
+    def __init__(self, stage: ModelStage, op: Operator, failures: FailureLog):
+        self.step = stage.step
+        self.guard = Guard.of(stage.step, failures)
+        self.op = op
+        self.batch_size = stage.batch_size
+        self.window = stage.window
+        self.sort_key: Callable[[Any], int] | None = op.sort_key if stage.sorts else None  # type: ignore[attr-defined]
+        self.max_tokens = stage.max_batch_tokens if stage.sorts else None
+        self.many = getattr(op, "preprocess_batch", None)
+
+    # ---- prepare ---------------------------------------------------------------------------
+    def _size(self, item: Any) -> int:
+        return self.sort_key(item) if self.sort_key is not None else 0
+
+    def _prepare_one(self, number: int, row: Any) -> Prepared | Any:
+        try:
+            item = self.op.preprocess(*read_inputs(row, self.step.inputs))
+            return number, row, item, self._size(item)
+        except Exception as exc:  # noqa: BLE001 - the step's policy decides
+            return self.guard.handle(number, row, exc)
+
+    def prepare(self, numbers: Sequence[int], rows: list[Any]) -> list[Prepared | Any]:
+        """Prepared items (or SKIPPED) for some rows: ``preprocess_batch`` first, item by item
+        when it is missing or fails (to name or skip the bad row)."""
+        if self.many is not None:
+            try:
+                items = self.many([read_inputs(row, self.step.inputs) for row in rows])
+                if len(items) == len(rows):
+                    return [(n, r, it, self._size(it)) for n, r, it in zip(numbers, rows, items)]
+            except Exception:  # noqa: BLE001, S110 - retried item by item below
+                pass
+        return [self._prepare_one(n, r) for n, r in zip(numbers, rows)]
+
+    # ---- cut and collate -------------------------------------------------------------------
+    def cut(self, items: list[T], size_of: Callable[[T], int] = lambda p: p[3]) -> list[list[T]]:  # type: ignore[index]
+        """One window of items as batches (sorted by size when the operator sorts);
+        ``size_of`` finds an item's size (default: a Prepared tuple's)."""
+        return cut_window(items, self.batch_size, key=size_of if self.sort_key is not None else None, max_tokens=self.max_tokens)
+
+    def collate(self, group: list[Prepared]) -> Any:
+        return self.op.collate([it[2] for it in group])
+
+    # ---- forward ---------------------------------------------------------------------------
+    def run(self, replica: Replica, collated: Any, n: int) -> list[Any]:
+        """One batch on the replica's device: move it there, ``forward`` under
+        ``inference_mode`` and autocast, move the output back, ``postprocess`` to ``n`` results."""
+        import torch
+
+        with torch.inference_mode(), replica.autocast():
+            output = move(replica.op.forward(move(collated, replica.device, non_blocking=replica.non_blocking)), "cpu")
+        results = replica.op.postprocess(output)
+        if len(results) != n:
+            msg = f"{self.step.label}.postprocess returned {len(results)} results for a batch of {n}"
+            raise EmbedflowError(msg)
+        return results
+
+    def forward(self, replica: Replica, group: list[Prepared], collated: Any) -> list[Any]:
+        """The output rows of a batch, in the group's order (SKIPPED for a failed row)."""
+        try:
+            results = self.run(replica, collated, len(group))
+        except EmbedflowError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolate the bad item, keep the good ones
+            if len(group) == 1:
+                number, row = group[0][0], group[0][1]
+                return [self.guard.handle(number, row, exc)]
+            error = exc
+        else:
+            return [write_outputs(row, self.step.inputs, self.step.outputs, r) for (_n, row, _i, _s), r in zip(group, results)]
+        del error  # retried outside the handler: the failed batch's tensors can be freed
+        return self._one_by_one(replica, group)
+
+    def _one_by_one(self, replica: Replica, group: list[Prepared]) -> list[Any]:
+        out = []
+        for number, row, item, _size in group:
+            try:
+                result = self.run(replica, self.op.collate([item]), 1)[0]
+            except EmbedflowError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                out.append(self.guard.handle(number, row, exc))
+                continue
+            out.append(write_outputs(row, self.step.inputs, self.step.outputs, result))
+        return out
+
+    # ---- everything at once ------------------------------------------------------------------
+    def process(self, replica: Replica, numbers: Sequence[int], rows: list[Any]) -> Chunk:
+        """Prepare, cut, collate and forward ``rows`` in one call; the output in input order
+        without the rows that failed under ``.safe()``. For engines that batch elsewhere (a
+        Ray actor gets a block of rows) and for requests gathered by a server."""
+        prepared = [p for p in self.prepare(numbers, rows) if p is not SKIPPED]
+        results: list[Any] = [SKIPPED] * len(prepared)
+        for indexed in self.cut(list(enumerate(prepared)), lambda ip: ip[1][3]):
+            group = [p for _i, p in indexed]
+            for (i, _p), out in zip(indexed, self.forward(replica, group, self.collate(group))):
+                results[i] = out
+        kept = [(p[0], out) for p, out in zip(prepared, results) if out is not SKIPPED]
+        return [n for n, _ in kept], [out for _, out in kept]

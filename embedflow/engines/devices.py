@@ -1,0 +1,123 @@
+"""Device names and moving batches between devices. torch is imported only when needed.
+
+>>> from embedflow.engines.devices import resolve_device
+>>> resolve_device("cpu")
+'cpu'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import PlanError
+
+
+def resolve_device(requested: str | None) -> str:
+    """Turn ``auto`` into the best device present (cuda, then mps, then cpu) and check others."""
+    requested = requested or "auto"
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda:0"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            msg = f"device={requested!r} but no CUDA GPU is visible to torch; use device='cpu' or 'auto'"
+            raise PlanError(msg)
+        index = int(requested.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            msg = f"device={requested!r} but only {torch.cuda.device_count()} GPU(s) are visible; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+            raise PlanError(msg)
+        return f"cuda:{index}"
+    if requested == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            msg = "device='mps' but torch reports no Apple GPU; use device='cpu' or 'auto'"
+            raise PlanError(msg)
+        return "mps"
+    msg = f"device={requested!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    raise PlanError(msg)
+
+
+def resolve_devices(requested: str | None) -> list[str]:
+    """The devices a model step runs on: one replica each.
+
+    ``cuda`` (and ``auto`` on a machine with GPUs) means every visible GPU; ``cuda:N`` one.
+
+    >>> resolve_devices("cpu")
+    ['cpu']
+    """
+    requested = requested or "auto"
+    if requested in ("auto", "cuda"):
+        first = resolve_device(requested)
+        if first.startswith("cuda"):
+            import torch
+
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return [first]
+    return [resolve_device(requested)]
+
+
+def autocast(device: str, dtype: str | None) -> Any:
+    """A factory of the autocast context for ``device``: ``auto`` is fp16 on CUDA and fp32
+    elsewhere; ``fp16``/``bf16`` ask for that precision; ``fp32`` turns autocast off.
+
+    >>> autocast("cpu", None)().__class__.__name__
+    'nullcontext'
+    """
+    import contextlib
+
+    dtype = dtype or "auto"
+    if dtype == "auto":
+        dtype = "fp16" if device.startswith("cuda") else "fp32"
+    if dtype == "fp32":
+        return contextlib.nullcontext
+    import torch
+
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.bfloat16
+    device_type = device.split(":")[0]
+    return lambda: torch.autocast(device_type=device_type, dtype=torch_dtype)
+
+
+def map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    """``obj`` with ``fn`` applied to every tensor inside it (tensor subclasses included),
+    through dicts, lists, tuples, namedtuples and dataclasses, nested.
+
+    >>> map_tensors({"a": [1, (2, 3)]}, lambda t: t)
+    {'a': [1, (2, 3)]}
+    """
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        mapped = {k: map_tensors(v, fn) for k, v in obj.items()}
+        try:
+            return type(obj)(mapped)
+        except TypeError:
+            return mapped
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(map_tensors(v, fn) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
+def pin(obj: Any) -> Any:
+    """Page-lock every CPU tensor in ``obj`` so the copy to the GPU can overlap compute."""
+    return map_tensors(obj, lambda t: t.pin_memory() if t.device.type == "cpu" else t)
+
+
+def move(obj: Any, device: str, non_blocking: bool = False) -> Any:
+    """Move every tensor inside ``obj`` (dicts, lists, tuples, dataclasses, nested) to ``device``."""
+    return map_tensors(obj, lambda t: t.to(device, non_blocking=non_blocking))

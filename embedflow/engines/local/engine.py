@@ -1,0 +1,270 @@
+"""The local engine: each physical stage in its own thread(s), joined by bounded channels, in
+this process.
+
+* the **source** reads its parts in order, in chunks of 1, 2, 4 ... 256 rows (the first rows
+  arrive at once);
+* a **cheap** stage (fused functions, filter, flat_map, select, batch) works chunk by chunk in
+  one thread; so do **limit** and **whole** stages;
+* a **pool** stage runs its operator on a thread pool of ``workers`` threads (default: the
+  cores this process may use, less torch's threads when a model runs on the CPU);
+* a **model** stage becomes a small pipeline of threads around the batching routine
+  (:mod:`.model_stage`).
+
+>>> import embedflow as ef
+>>> ef.dc(range(5)).map(lambda x: x * x).filter(lambda x: x % 2 == 0).to_list()
+[0, 4, 16]
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
+from ...rows import read_inputs, write_outputs
+from ..base import Engine
+from ..batching import Replica
+from ..devices import autocast, resolve_devices
+from ..failures import FailureLog
+from ..replicas import ready
+from ..stats import RunStats, StageStats
+from ..steps import Chunk, Guard, drop_bad_rows, drop_skipped, head_rows, run_cheap, whole_rows
+from .model_stage import start_model_stage
+from .scheduler import END, Channel, Run
+
+MAX_CHUNK = 256
+CHANNEL_CHUNKS = 4  # chunks buffered between two stages
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(cpu_models: bool) -> int:
+    """Threads for a preprocess pool when the step does not say ``workers=``.
+
+    All the cores when the models run elsewhere (a GPU); when a model runs on the CPU, torch's
+    intra-op threads already use the cores, so the pools get what is left, at least one
+    thread — decode threads plus torch threads should not exceed the cores. Measured on 2
+    cores (benchmarks/bench_images.py, resnet18): 2 decode threads beside torch's 2 gave
+    33 images/s, 1 gave 36.5.
+    """
+    cores = cpu_count()
+    if cpu_models:
+        import torch
+
+        return max(1, cores - torch.get_num_threads())
+    return cores
+
+
+def chunk_sizes() -> Iterator[int]:
+    """1, 2, 4 ... 256, 256, ...: the first rows leave at once, later chunks are large."""
+    return itertools.chain((1 << i for i in range(8)), itertools.repeat(MAX_CHUNK))
+
+
+class LocalEngine(Engine):
+    """Runs a physical plan in this process, with threads."""
+
+    name = "local"
+
+    def run(
+        self, physical: PhysicalPlan, failures: FailureLog, stats: RunStats | None = None, progress: Callable[[int], Any] | None = None
+    ) -> Iterator[Chunk]:
+        run = Run()
+        try:
+            tail = self._build(physical, failures, run, progress)
+            run.mark_started()
+            rows_out = 0
+            for numbers, rows in run.drain(tail):
+                if rows:
+                    rows_out += len(rows)
+                    if progress is not None and not physical.model_stages:
+                        progress(len(rows))
+                    yield numbers, rows
+            run.stats.rows = rows_out
+        finally:
+            run.close()
+            if stats is not None:
+                stats.stages[:] = run.stats.stages
+                stats.wall, stats.rows = run.stats.wall, run.stats.rows
+
+    def _build(self, physical: PhysicalPlan, failures: FailureLog, run: Run, progress: Callable[[int], Any] | None) -> Channel:
+        replicas = {id(s): self._replicas(s) for s in physical.model_stages}
+        cpu_models = any(r.device == "cpu" for reps in replicas.values() for r in reps)
+        workers_default = default_workers(cpu_models)
+        channel = run.channel("source", CHANNEL_CHUNKS)
+        source_stats = run.stage_stats(f"source {physical.source.label}")
+        run.start("source", lambda: _source(physical, channel, source_stats, failures))
+        for group in _threads(physical.stages):
+            out = run.channel(type(group[0]).__name__, CHANNEL_CHUNKS)
+            stage = group[0]
+            if isinstance(stage, ModelStage):
+                workers = stage.workers or workers_default
+                start_model_stage(stage, replicas[id(stage)], workers, channel, out, failures, run, progress if stage.reports_progress else None)
+            elif isinstance(stage, PoolStage):
+                _start_pool(stage, stage.workers or workers_default, channel, out, failures, run)
+            else:
+                labels, fns = zip(*(_chunkwise(s, failures) for s in group))
+                stats = run.stage_stats(" > ".join(labels))
+                run.start("cheap", _chunkwise_body(_compose(fns), channel, out, stats))
+            channel = out
+        return channel
+
+    @staticmethod
+    def _replicas(stage: ModelStage) -> list[Replica]:
+        devices = resolve_devices(stage.device)
+        pinned = any(d.startswith("cuda") for d in devices)
+        return [Replica(device, op, autocast(device, stage.dtype), pinned) for device, op in ready(stage.step, devices)]
+
+
+# --------------------------------------------------------------------------- the table
+def _threads(stages: tuple[Stage, ...]) -> list[list[Stage]]:
+    """Stages grouped by thread: consecutive chunk-wise stages (cheap, limit, whole) share one,
+    so that a ``head`` stops the steps before it at once."""
+    groups: list[list[Stage]] = []
+    for stage in stages:
+        chunkwise = isinstance(stage, (CheapStage, LimitStage, WholeStage))
+        if chunkwise and groups and isinstance(groups[-1][-1], (CheapStage, LimitStage, WholeStage)):
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def _compose(fns: tuple[Callable[[Iterator[Chunk]], Iterator[Chunk]], ...]) -> Callable[[Iterator[Chunk]], Iterator[Chunk]]:
+    def composed(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        for fn in fns:
+            chunks = fn(chunks)
+        return chunks
+
+    return composed
+
+
+def _chunkwise(stage: Stage, failures: FailureLog) -> tuple[str, Callable[[Iterator[Chunk]], Iterator[Chunk]]]:
+    """(label, chunks -> chunks) for the stages that run chunk by chunk in one thread."""
+    if isinstance(stage, CheapStage):
+        ops = {id(s): op for s in stage.steps if isinstance(s, Apply) for _d, op in ready(s, ["cpu"])}
+        return " > ".join(s.label for s in stage.steps), lambda chunks: run_cheap(stage.steps, ops, chunks, failures)
+    if isinstance(stage, LimitStage):
+        head = Head(n=stage.n)
+        return f"head {stage.n}", lambda chunks: head_rows(head, chunks)
+    if isinstance(stage, WholeStage):
+        return stage.step.label, lambda chunks: whole_rows(stage.step, chunks)
+    msg = f"the local engine has no runtime for a {type(stage).__name__}"
+    raise TypeError(msg)
+
+
+# --------------------------------------------------------------------------- stage bodies
+def _source(physical: PhysicalPlan, out: Channel, stats: StageStats, failures: FailureLog) -> None:
+    sizes = chunk_sizes()
+    label = physical.source.kind
+    for part in physical.source.parts():
+        chunks = part.chunks(sizes)
+        while True:
+            t0 = time.perf_counter()
+            chunk = next(chunks, None)
+            if chunk is not None and part.may_fail:
+                chunk = drop_bad_rows(chunk[0], chunk[1], physical.source_errors, label, failures)
+            stats.busy += time.perf_counter() - t0
+            if chunk is None:
+                break
+            stats.items_out += len(chunk[1])
+            if chunk[1] and not out.put(chunk, stats):
+                chunks.close()
+                return  # the consumer is done (head)
+    out.finish()
+
+
+def _inbox(channel: Channel, stats: StageStats) -> Iterator[Chunk]:
+    while True:
+        chunk = channel.get(stats)
+        if chunk is END:
+            return
+        stats.items_in += len(chunk[1])
+        yield chunk
+
+
+def _chunkwise_body(fn: Callable[[Iterator[Chunk]], Iterator[Chunk]], inbox: Channel, out: Channel, stats: StageStats) -> Callable[[], None]:
+    def body() -> None:
+        chunks = fn(_inbox(inbox, stats))
+        while True:
+            t0, waited = time.perf_counter(), stats.wait_in
+            chunk = next(chunks, None)
+            stats.busy += time.perf_counter() - t0 - (stats.wait_in - waited)
+            if chunk is None:
+                break
+            if chunk[1]:
+                stats.items_out += len(chunk[1])
+                if not out.put(chunk, stats):
+                    break
+        inbox.close()  # a head() may finish before the input does: let upstream stop
+        out.finish()
+
+    return body
+
+
+def _start_pool(stage: PoolStage, workers: int, inbox: Channel, out: Channel, failures: FailureLog, run: Run) -> None:
+    """Per-item work on a thread pool, in input order.
+
+    At most ``4 × workers`` items are in flight and results leave in chunks of at most
+    ``2 × workers`` rows (at least 8): decoded images are large, so what this stage holds and
+    what waits in its output channel stays a few dozen rows, whatever the input chunk size.
+    """
+    step = stage.step
+    ((_device, op),) = ready(step, ["cpu"])
+    guard = Guard.of(step, failures)
+    inputs, outputs = step.inputs, step.outputs
+    in_flight, emit_size = 4 * workers, max(8, 2 * workers)
+    stats = run.stage_stats(f"{step.label} ({workers} threads)")
+    stats.note = "busy summed over threads"
+
+    def one(number: int, row: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return write_outputs(row, inputs, outputs, op.preprocess(*read_inputs(row, inputs)))
+        except Exception as exc:  # noqa: BLE001 - the step's policy decides
+            return guard.handle(number, row, exc)
+        finally:
+            stats.busy += time.perf_counter() - t0
+
+    def body() -> None:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=f"embedflow-{step.label}")
+        run.cleanups.append(lambda: pool.shutdown(wait=True, cancel_futures=True))
+        pending: deque[tuple[int, Any]] = deque()  # (row number, future), in input order
+
+        def emit(count: int) -> bool:
+            numbers, rows = [], []
+            for _ in range(count):
+                number, future = pending.popleft()
+                numbers.append(number)
+                rows.append(future.result())
+            chunk = drop_skipped(numbers, rows)
+            stats.items_out += len(chunk[1])
+            return not chunk[1] or out.put(chunk, stats)
+
+        try:
+            for numbers, rows in _inbox(inbox, stats):
+                for number, row in zip(numbers, rows):
+                    pending.append((number, pool.submit(one, number, row)))
+                    while len(pending) >= in_flight or (len(pending) >= emit_size and pending[emit_size - 1][1].done()):
+                        if not emit(min(emit_size, len(pending))):
+                            return
+            while pending:
+                if not emit(min(emit_size, len(pending))):
+                    return
+            out.finish()
+        finally:
+            for _number, future in pending:
+                future.cancel()
+            inbox.close()
+
+    run.start(step.label, body)

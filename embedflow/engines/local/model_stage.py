@@ -1,0 +1,220 @@
+"""The local engine's threads around the model-batching routine (:mod:`..batching`).
+
+::
+
+    inbox --> [prepare]  submits prepare(rows) to a thread pool, a few rows per task, in order
+          --> [batch]    waits for prepared items, fills a window, cuts and collates batches
+                         (pinned memory for a GPU)
+          --> [forward]  one thread per device replica, the next batch already prepared
+          --> [collect]  a reorder buffer when order matters, else rows leave as they finish
+          --> outbox
+
+Channels between the threads are bounded, so at most a window of items plus a couple of
+prepared batches are in memory at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ...plan import ModelStage
+from ..batching import ModelBatcher, Prepared, Replica
+from ..devices import pin
+from ..failures import FailureLog
+from ..stats import StageStats
+from ..steps import SKIPPED
+from .scheduler import END, Channel, Run
+
+PREFETCH_BATCHES = 2  # collated batches waiting for the device
+
+
+class Reorder:
+    """Holds results that arrive out of order and releases them in sequence.
+
+    >>> r = Reorder()
+    >>> r.add_many([(1, "b")]), r.add_many([(0, "a")]), r.add_many([(2, "c")])
+    ([], ['a', 'b'], ['c'])
+    """
+
+    def __init__(self, start: int = 0):
+        self.next = start
+        self.pending: dict[int, Any] = {}
+
+    def add_many(self, pairs: Iterable[tuple[int, Any]]) -> list[Any]:
+        """Store each value at its position; return every value now due, in order."""
+        for seq, value in pairs:
+            self.pending[seq] = value
+        out = []
+        while self.next in self.pending:
+            out.append(self.pending.pop(self.next))
+            self.next += 1
+        return out
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+
+class ModelStageThreads:
+    """The threads of one model stage (see the module docstring)."""
+
+    def __init__(
+        self,
+        stage: ModelStage,
+        replicas: list[Replica],
+        workers: int,
+        inbox: Channel,
+        outbox: Channel,
+        failures: FailureLog,
+        run: Run,
+        progress: Callable[[int], Any] | None,
+    ):
+        self.stage, self.replicas, self.inbox, self.outbox, self.progress = stage, replicas, inbox, outbox, progress
+        self.batcher = ModelBatcher(stage, replicas[0].op, failures)
+        name, size = stage.step.label, stage.batch_size
+        self.pin_memory = any(r.device.startswith("cuda") for r in replicas)
+        # rows go to the pool in tasks of a few, not one by one: per-item queue hops would cap a
+        # GPU pipeline near 100,000 items/s, and preprocess_batch (fast tokenizers) wants lists
+        self.task = max(1, min(64, -(-size // workers)))
+        self.prepared = run.channel(f"{name}/prepared", -(-(min(stage.window, 4 * size) + size) // self.task))
+        self.batches = run.channel(f"{name}/batches", PREFETCH_BATCHES * len(replicas))
+        self.done = run.channel(f"{name}/done", 2 * len(replicas) + 2)
+        self.s_prep = run.stage_stats(f"{name} preprocess ({workers} threads)")
+        self.s_prep.note = "busy summed over threads"
+        self.s_batch = run.stage_stats(f"{name} batch+collate (batch_size={size}{', sorted' if stage.sorts else ''})")
+        self.s_fwd = [run.stage_stats(f"{name} forward [{r.device}]") for r in replicas]
+        self.s_out = run.stage_stats(f"{name} {'reorder' if stage.ordered else 'collect (as finished)'}")
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"embedflow-{name}")
+        run.cleanups.append(lambda: self.pool.shutdown(wait=True, cancel_futures=True))
+
+    def start(self, run: Run) -> None:
+        name = self.stage.step.label
+        run.start(f"{name}-prepare", self.prepare_loop)
+        run.start(f"{name}-batch", self.batch_loop)
+        for replica, stats in zip(self.replicas, self.s_fwd):
+            run.start(f"{name}-forward-{replica.device}", lambda r=replica, s=stats: self.forward_loop(r, s))
+        run.start(f"{name}-collect", self.collect_loop)
+
+    # ---- prepare: rows to the pool, in order ---------------------------------------------
+    def _prepare_task(self, numbers: list[int], rows: list[Any]) -> list[Any]:
+        t0 = time.perf_counter()
+        try:
+            return self.batcher.prepare(numbers, rows)
+        finally:
+            self.s_prep.busy += time.perf_counter() - t0
+
+    def prepare_loop(self) -> None:
+        seq, task, stats = 0, self.task, self.s_prep
+        try:
+            while True:
+                chunk = self.inbox.get(stats)
+                if chunk is END:
+                    break
+                numbers, rows = list(chunk[0]), chunk[1]
+                stats.items_in += len(rows)
+                for start in range(0, len(rows), task):
+                    n, r = numbers[start : start + task], rows[start : start + task]
+                    if not self.prepared.put((seq, self.pool.submit(self._prepare_task, n, r)), stats):
+                        return
+                    seq += len(r)
+                    stats.items_out += len(r)
+            self.prepared.finish()
+        finally:
+            self.inbox.close()
+
+    # ---- batch: a window of prepared items, cut and collated ------------------------------
+    def _flush(self, items: list[tuple[int, Prepared]]) -> None:
+        stats = self.s_batch
+        t0 = time.perf_counter()
+        for group in self.batcher.cut(items, lambda sp: sp[1][3]):
+            collated = self.batcher.collate([p for _seq, p in group])
+            if self.pin_memory:
+                collated = pin(collated)
+            stats.busy += time.perf_counter() - t0
+            stats.items_out += len(group)
+            self.batches.put((group, collated), stats)
+            t0 = time.perf_counter()
+        stats.busy += time.perf_counter() - t0
+
+    def batch_loop(self) -> None:
+        items: list[tuple[int, Prepared]] = []
+        stats = self.s_batch
+        while True:
+            entry = self.prepared.get(stats)
+            if entry is END:
+                break
+            first, future = entry
+            t0 = time.perf_counter()
+            results = future.result()
+            stats.wait_in += time.perf_counter() - t0  # waiting for the pool is waiting for input
+            stats.items_in += len(results)
+            skipped = []
+            for seq, item in enumerate(results, first):
+                if item is SKIPPED:
+                    skipped.append((seq, -1, SKIPPED))
+                    continue
+                items.append((seq, item))
+                if len(items) >= self.stage.window:
+                    self._flush(items)
+                    items = []
+            if skipped:
+                self.done.put(skipped, stats)
+        if items:
+            self._flush(items)
+        for _ in self.replicas:
+            self.batches.finish()
+
+    # ---- forward: one thread per replica ---------------------------------------------------
+    def forward_loop(self, replica: Replica, stats: StageStats) -> None:
+        while True:
+            entry = self.batches.get(stats)
+            if entry is END:
+                break
+            group, collated = entry
+            t0 = time.perf_counter()
+            stats.items_in += len(group)
+            outputs = self.batcher.forward(replica, [p for _seq, p in group], collated)
+            stats.busy += time.perf_counter() - t0
+            stats.items_out += len(group)
+            if self.progress is not None:
+                self.progress(len(group))
+            self.done.put([(seq, p[0], out) for (seq, p), out in zip(group, outputs)], stats)
+        self.done.finish()
+
+    # ---- collect: in input order, or as rows finish ----------------------------------------
+    def collect_loop(self) -> None:
+        reorder = Reorder() if self.stage.ordered else None
+        stats, ends = self.s_out, 0
+        while ends < len(self.replicas):
+            entry = self.done.get(stats)
+            if entry is END:
+                ends += 1
+                continue
+            t0 = time.perf_counter()
+            stats.items_in += len(entry)
+            released = reorder.add_many((seq, (number, out)) for seq, number, out in entry) if reorder is not None else [(n, o) for _s, n, o in entry]
+            kept = [(n, o) for n, o in released if o is not SKIPPED]
+            stats.busy += time.perf_counter() - t0
+            if kept:
+                stats.items_out += len(kept)
+                if not self.outbox.put(([n for n, _ in kept], [o for _, o in kept]), stats):
+                    self.done.close()
+                    return
+        self.outbox.finish()
+
+
+def start_model_stage(
+    stage: ModelStage,
+    replicas: list[Replica],
+    workers: int,
+    inbox: Channel,
+    outbox: Channel,
+    failures: FailureLog,
+    run: Run,
+    progress: Callable[[int], Any] | None = None,
+) -> None:
+    """Start the threads of a model stage; ``progress(n)`` is told of every batch the device
+    finishes."""
+    ModelStageThreads(stage, replicas, workers, inbox, outbox, failures, run, progress).start(run)

@@ -1,0 +1,115 @@
+"""What runs on the Ray workers: reading a source part, a cheap stage on a block of rows, and
+the actor that holds a model and runs the model-batching routine on its blocks.
+
+Steps travel as plan nodes: a registered operator by its name and parameters (the worker
+builds it from its own registry — the model is loaded there, never pickled); an operator
+registered only in the driver process, or a ``.map`` function, by value (cloudpickle).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+from ... import registry
+from ...io.readers import BadRow, Part
+from ...plan import Apply, ModelStage, Step
+from ..batching import ModelBatcher, Replica
+from ..devices import autocast, resolve_device
+from ..failures import Failure
+from ..replicas import fresh
+from ..steps import run_cheap
+from .codec import FAILED, ROWS_PER_BLOCK, Collector, carry_errors, decode, encode, raised
+
+
+def ship(obj: Any) -> bytes:
+    """A stage or steps as bytes for the workers (see the module docstring)."""
+    import cloudpickle
+
+    return cloudpickle.dumps(obj)
+
+
+def portable_step(step: Step) -> Step:
+    """``step`` as a worker can rebuild it: an operator that no installed package provides
+    (registered in this process) travels by value."""
+    if isinstance(step, Apply) and step.target is None and not registry.operator_source(step.name).startswith("package "):
+        return replace(step, target=registry.get_operator(step.name))
+    return step
+
+
+# --------------------------------------------------------------------------- the source
+def read_part(part: Part, on_error: str, label: str) -> Iterator[Any]:
+    """One part of a source as Arrow blocks of encoded rows (runs in a Ray read task); a row
+    the reader could not read becomes a failure marker under skip, else a raised marker."""
+    import pyarrow as pa
+
+    def block(numbers: list[int], payloads: list[bytes]) -> Any:
+        return pa.table({"__row": pa.array(numbers, pa.int64()), "__payload": pa.array(payloads, pa.binary())})
+
+    numbers: list[int] = []
+    payloads: list[bytes] = []
+    for number, row in part:
+        if type(row) is BadRow:
+            numbers.append(-1)
+            if on_error != "skip":
+                payloads.append(raised(row.error))
+                break
+            record = asdict(Failure.of(label, number, row.raw, row.error, str(number)))
+            payloads.append(pickle.dumps((FAILED, record), protocol=5))
+        else:
+            numbers.append(number)
+            payloads.append(pickle.dumps(row, protocol=5))
+        if len(numbers) == ROWS_PER_BLOCK * 4:
+            yield block(numbers, payloads)
+            numbers, payloads = [], []
+    if numbers:
+        yield block(numbers, payloads)
+
+
+# --------------------------------------------------------------------------- cheap stages
+def cheap_task(steps_bytes: bytes, key_column: str | None) -> Any:
+    """A Ray task function that runs fused cheap and per-item steps on a block of rows."""
+
+    @carry_errors
+    def run(batch: dict[str, Any]) -> dict[str, Any]:
+        steps: Sequence[Step] = pickle.loads(steps_bytes)
+        numbers, rows, markers = decode(batch)
+        log = Collector(key_column)
+        ops = {id(s): fresh(s, "cpu") for s in steps if isinstance(s, Apply)}
+        out_numbers: list[int] = []
+        out_rows: list[Any] = []
+        for n, r in run_cheap(steps, ops, iter([(numbers, rows)]), log):
+            out_numbers.extend(n)
+            out_rows.extend(r)
+        return encode(out_numbers, out_rows, markers, log.records)
+
+    return run
+
+
+# --------------------------------------------------------------------------- model stages
+class ModelActor:
+    """One replica of a model stage's operator inside a Ray actor."""
+
+    def __init__(self, stage_bytes: bytes, device: str, key_column: str | None):
+        self.stage: ModelStage = pickle.loads(stage_bytes)
+        if device == "cpu":
+            # Ray caps torch at the CPUs the actor holds (all but one, so that cheap tasks can
+            # run beside it); as in the local engine, torch gets every core of the node and
+            # shares them with the decode threads (measured: 1 thread halves MiniLM's speed)
+            import torch
+
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores))
+        self.device = resolve_device(device)
+        self.replica = Replica(self.device, fresh(self.stage.step, self.device), autocast(self.device, self.stage.dtype))
+        self.key_column = key_column
+
+    @carry_errors
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        numbers, rows, markers = decode(batch)
+        log = Collector(self.key_column)
+        out_numbers, out_rows = ModelBatcher(self.stage, self.replica.op, log).process(self.replica, numbers, rows)
+        return encode(out_numbers, out_rows, markers, log.records)

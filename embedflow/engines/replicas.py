@@ -1,0 +1,58 @@
+"""Operator replicas: a step's operator built and set up on each device it runs on.
+
+A plan holds no run state, so the engine keeps what it loaded here, keyed by the plan's step
+node and held only as long as that node lives: running the same collection again reuses its
+models, and a collection that is gone takes its models with it. A second replica of an
+operator instance given to ``.map`` is a deep copy: replicas never share one model.
+
+>>> import embedflow as ef
+>>> step = ef.dc([1]).normalize().plan.steps[0]
+>>> [device for device, _op in ready(step, ["cpu"])]
+['cpu']
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+
+from ..operator import Operator
+from ..plan import Apply, instantiate
+
+_cache: weakref.WeakKeyDictionary[Apply, dict[str, Operator]] = weakref.WeakKeyDictionary()
+_lock = threading.RLock()
+
+
+def _needs_setup(op: Operator) -> bool:
+    return type(op).setup is not Operator.setup
+
+
+def ready(step: Apply, devices: Sequence[str]) -> list[tuple[str, Operator]]:
+    """The step's operator set up on each of ``devices``, built once per device and kept for
+    later runs of the same step."""
+    with _lock:
+        built = _cache.setdefault(step, {})
+        out = []
+        for device in devices:
+            op = built.get(device)
+            if op is None:
+                op = instantiate(step, copy_instance=bool(built))
+                if _needs_setup(op):
+                    op.setup(device)
+                built[device] = op
+            out.append((device, op))
+        return out
+
+
+def cached(step: Apply) -> dict[str, Operator]:
+    """The replicas already built for ``step``, by device (for tests and ``explain``)."""
+    return dict(_cache.get(step, {}))
+
+
+def fresh(step: Apply, device: str) -> Operator:
+    """A new replica that nothing else holds (a worker process's own)."""
+    op = instantiate(step)
+    if _needs_setup(op):
+        op.setup(device)
+    return op

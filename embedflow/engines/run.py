@@ -1,0 +1,80 @@
+"""Running a plan: lower it, pick its engine, and hand the rows to a sink — one routine for
+``to_list``, ``to_parquet``, ``to_milvus``, the pipeline runner and everything else.
+
+>>> import embedflow as ef
+>>> from embedflow.io.sinks import CollectSink
+>>> execute(ef.dc([3, 1]).map(str).plan, CollectSink())
+['3', '1']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from ..io.sinks import Sink, SinkContext
+from ..plan import Plan, lower
+from .base import get_engine
+from .failures import FailureLog
+from .progress import progress_bar
+from .stats import RunStats
+from .steps import Chunk
+
+logger = logging.getLogger("embedflow")
+
+
+def stream(
+    plan: Plan,
+    *,
+    ordered: bool = True,
+    stats: RunStats | None = None,
+    progress: bool | None = None,
+    failures: FailureLog | None = None,
+) -> Iterator[Chunk]:
+    """Run ``plan`` on its engine and yield chunks ``(source row numbers, rows)``.
+
+    ``failures`` receives the rows skipped under ``.safe()`` (default: the plan's own target,
+    closed with a warning that counts them). Closing the iterator stops the run.
+    """
+    physical = lower(plan, ordered=ordered)
+    engine = get_engine(plan.engine)
+    log = failures if failures is not None else FailureLog(plan.errors, physical.key_column)
+    bar = progress_bar(plan, plan.progress if progress is None else progress)
+    run = engine.run(physical, log, stats, progress=bar.update)
+    try:
+        yield from run
+    finally:
+        run.close()
+        bar.close()
+        if failures is None:
+            log.close()
+
+
+def execute(
+    plan: Plan,
+    sink: Sink,
+    *,
+    named: bool = False,
+    stats: RunStats | None = None,
+    progress: bool | None = None,
+    failures: FailureLog | None = None,
+) -> Any:
+    """Run ``plan`` into ``sink`` and return what the sink returns when closed.
+
+    Rows reach the sink in input order unless the sink accepts any order
+    (``sink.ordered = False``); then each row is handed over as soon as it is finished. If the
+    run fails or is interrupted, the sink is aborted (a file sink leaves nothing behind, a
+    resumable one keeps what is finished) and the error propagates.
+    """
+    sink.open(SinkContext(named=named, key_column=plan.key_column))
+    try:
+        for numbers, rows in stream(plan, ordered=sink.ordered, stats=stats, progress=progress, failures=failures):
+            sink.write(numbers, rows)
+    except BaseException:
+        try:
+            sink.abort()
+        except Exception:
+            logger.exception("cleaning up the sink after a failed run failed too")
+        raise
+    return sink.close()

@@ -1,0 +1,14 @@
+"""Pipeline files: the YAML schema (:mod:`.schema`), the line-aware safe loader, and the
+runner that takes a file to its sink with resume (:mod:`.runner`).
+
+>>> from embedflow.pipelines import read_pipeline
+>>> read_pipeline("pipelines/text_embedding.yaml").sink.kind
+'parquet'
+"""
+
+from __future__ import annotations
+
+from .runner import RunSummary, run_pipeline
+from .schema import Pipeline, SinkSpec, load_pipeline, read_pipeline
+
+__all__ = ["Pipeline", "RunSummary", "SinkSpec", "load_pipeline", "read_pipeline", "run_pipeline"]

@@ -1,0 +1,151 @@
+"""Running a pipeline file to its sink: resume, bad rows, a summary.
+
+A file sink (parquet, jsonl, npy) is wrapped in a resumable sink (:mod:`embedflow.io.shards`):
+finished rows are committed to shards beside the output as they finish, a rerun after a crash,
+``kill -9`` or Ctrl-C skips the rows already committed (they are not recomputed) and at the
+end the shards are merged in input order into the output. A rerun continues only if the
+pipeline, its parameters and its input are unchanged. Milvus upserts by row key and the print
+sink prints a table: neither needs shards.
+
+>>> from embedflow.pipelines.runner import RunSummary
+>>> RunSummary(read=10, written=9, failed=1, resumed=0, seconds=2.0, output="o").line()
+'read 10 rows, wrote 9, failed 1 in 2.0s (5.0 rows/s) -> o'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..engines import FailureLog, execute
+from ..errors import PipelineError
+from ..io.files import JsonlSink, NpySink, ParquetSink, write_lines
+from ..io.milvus import MilvusSink
+from ..io.ranges import RowFilter, count
+from ..io.shards import ResumableSink, ShardStore
+from ..io.sinks import Sink
+from ..views.display import PrintSink
+from .schema import Pipeline, SinkSpec
+
+# Commit a shard at least every SHARD_ROWS rows or SHARD_SECONDS seconds, so an interruption
+# loses little work (EMBEDFLOW_SHARD_ROWS / EMBEDFLOW_SHARD_SECONDS override them).
+SHARD_ROWS = int(os.environ.get("EMBEDFLOW_SHARD_ROWS", "256"))
+SHARD_SECONDS = float(os.environ.get("EMBEDFLOW_SHARD_SECONDS", "2.0"))
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``line()`` is the closing line the CLI prints."""
+
+    read: int
+    written: int
+    failed: int
+    resumed: int
+    seconds: float
+    output: str
+    errors: str | None = None
+
+    def line(self) -> str:
+        done = f" ({self.resumed} already done by an earlier run)" if self.resumed else ""
+        rate = (self.read - self.resumed) / self.seconds if self.seconds > 0 else 0.0
+        text = f"read {self.read} rows{done}, wrote {self.written}, failed {self.failed} in {self.seconds:.1f}s ({rate:.1f} rows/s) -> {self.output}"
+        if self.errors:
+            text += f"; failures in {self.errors}"
+        return text
+
+
+def build_sink(spec: SinkSpec) -> Sink:
+    """The sink a pipeline file's ``sink:`` names."""
+    if spec.kind == "parquet":
+        return ParquetSink(spec.path, spec.columns)
+    if spec.kind == "jsonl":
+        return JsonlSink(spec.path, spec.columns)
+    if spec.kind == "npy":
+        assert spec.column is not None
+        return NpySink(spec.path, spec.column)
+    if spec.kind == "milvus":
+        return MilvusSink(spec.path, spec.collection or "", spec.vector, spec.fields, spec.metric)
+    return PrintSink(spec.columns)
+
+
+def errors_path(spec: SinkSpec) -> Path:
+    """Where the failures of a run go: ``<output>.errors.jsonl`` (for a Milvus server, the
+    collection's name in the current folder)."""
+    if "://" in str(spec.path):
+        return Path(f"{spec.collection}.errors.jsonl")
+    return spec.path.with_name(spec.path.name + ".errors.jsonl")
+
+
+def _describe(spec: SinkSpec) -> str:
+    if spec.kind in ("parquet", "jsonl", "npy"):
+        return str(spec.path)
+    return f"{spec.kind} {spec.path}" + (f" collection {spec.collection}" if spec.collection else "")
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    *,
+    device: str | None = None,
+    engine: str | None = None,
+    limit: int | None = None,
+    resume: bool = True,
+    progress: bool | None = None,
+) -> RunSummary:
+    """Run ``pipeline`` to its sink (resuming an unfinished run of a file sink); returns the
+    summary. A KeyboardInterrupt keeps what is finished before it propagates."""
+    spec = pipeline.sink
+    if spec is None:
+        raise PipelineError(f"{pipeline.file}: no sink: add e.g. sink: {{parquet: out/vectors.parquet}}")
+    dc = pipeline.collection
+    if device is not None:
+        dc = dc.set_device(device)
+    if engine is not None:
+        dc = dc.set_engine(engine)
+    plan = dc.plan
+    sink = build_sink(spec)
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    failures = FailureLog(records.append, plan.key_column)
+    resumed = 0
+    if isinstance(sink, (ParquetSink, JsonlSink, NpySink)):
+        fingerprint = pipeline.fingerprint() + (f"-limit{limit}" if limit is not None else "")
+        store = ShardStore(sink.path, fingerprint, plan.source.identity())
+        try:
+            done = store.open(resume)
+            resumed = count(done)
+            failures = FailureLog(store.record_failure, plan.key_column)
+            plan = replace(plan, source=plan.source.with_filter(RowFilter(done, limit)))
+            execute(plan, ResumableSink(sink, store, SHARD_ROWS, SHARD_SECONDS), named=dc.named, progress=progress, failures=failures)
+            lines = store.failures()
+            written = sink.count
+            store.remove()
+        finally:
+            store.close()
+    else:
+        if limit is not None:
+            plan = replace(plan, source=plan.source.with_filter(RowFilter((), limit)))
+        written = execute(plan, sink, named=dc.named, progress=False if isinstance(sink, PrintSink) else progress, failures=failures)
+        lines = records_as_lines(records)
+    target = errors_path(spec)
+    if lines:
+        write_lines(target, iter(lines))
+    elif spec.kind in ("parquet", "jsonl", "npy"):
+        target.unlink(missing_ok=True)
+    return RunSummary(
+        read=written + failures.count,
+        written=written,
+        failed=failures.count,
+        resumed=resumed,
+        seconds=time.perf_counter() - start,
+        output=_describe(spec),
+        errors=str(target) if lines else None,
+    )
+
+
+def records_as_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Failure records as JSON lines in row order."""
+    return [json.dumps(r) + "\n" for r in sorted(records, key=lambda r: r.get("row") or 0)]

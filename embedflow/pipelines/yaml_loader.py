@@ -1,0 +1,78 @@
+"""Reading YAML safely while remembering where every key was written (for error messages).
+
+Only plain data is built (``yaml.SafeLoader``): no tags that construct objects, no code.
+Mappings come back as :class:`LineDict`, which knows its own line and the line of each key.
+
+>>> doc = load_yaml_text("a: 1\\nb:\\n  c: 2\\n", "x.yaml")
+>>> doc["b"]["c"], doc.key_lines["b"], doc["b"].line
+(2, 2, 3)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import PipelineError
+
+
+class LineDict(dict):
+    """A dict from YAML that remembers its line (``line``) and each key's (``key_lines``)."""
+
+    line: int = 0
+    file: str = "<yaml>"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.key_lines: dict[Any, int] = {}
+
+    def where(self, key: Any = None) -> str:
+        """``file:line`` of ``key`` (or of the mapping itself)."""
+        return f"{self.file}:{self.key_lines.get(key, self.line)}"
+
+
+class _Loader(yaml.SafeLoader):
+    file = "<yaml>"
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    out = LineDict()
+    out.line = node.start_mark.line + 1
+    out.file = loader.file
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in out:
+            msg = f"{loader.file}:{key_node.start_mark.line + 1}: key {key!r} appears twice (first on line {out.key_lines[key]})"
+            raise PipelineError(msg)
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load_yaml_text(text: str, file: str = "<yaml>") -> Any:
+    """Parse YAML text with line-aware mappings; syntax errors name the file and line."""
+    loader_cls = type("_FileLoader", (_Loader,), {"file": file})
+    try:
+        return yaml.load(text, Loader=loader_cls)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else 0
+        msg = f"{file}:{line}: not valid YAML: {exc.problem or exc}"
+        raise PipelineError(msg) from exc
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    """Read and parse a YAML file (see :func:`load_yaml_text`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        msg = f"pipeline file {str(p)!r} does not exist"
+        raise PipelineError(msg) from exc
+    return load_yaml_text(text, str(p))

@@ -1,0 +1,40 @@
+"""The plan layer: logical nodes (what the user said), binding (names and parameters checked),
+and lowering (the physical stages every engine runs).
+
+>>> from embedflow.plan import Plan, lower
+>>> callable(lower) and Plan.__name__
+'Plan'
+"""
+
+from __future__ import annotations
+
+from .binding import bind_operator, instantiate, signature_text
+from .lowering import CheapStage, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage, lower
+from .nodes import EXECUTION_OPTIONS, Apply, Batch, ExecOptions, Filter, FlatMap, Head, Plan, Project, Step, Whole, check_device, operator_class
+
+__all__ = [
+    "EXECUTION_OPTIONS",
+    "Apply",
+    "Batch",
+    "CheapStage",
+    "ExecOptions",
+    "Filter",
+    "FlatMap",
+    "Head",
+    "LimitStage",
+    "ModelStage",
+    "PhysicalPlan",
+    "Plan",
+    "PoolStage",
+    "Project",
+    "Stage",
+    "Step",
+    "Whole",
+    "WholeStage",
+    "bind_operator",
+    "check_device",
+    "instantiate",
+    "lower",
+    "operator_class",
+    "signature_text",
+]
