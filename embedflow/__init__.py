@@ -18,7 +18,7 @@ from .errors import (
     PlanError,
     UnknownOperatorError,
 )
-from .models import resolve_model
+from .models import allow_import, resolve_model
 from .operator import Operator
 from .pipelines import load_pipeline
 from .registry import get_operator, list_operators, register
@@ -37,6 +37,7 @@ __all__ = [
     "PlanError",
     "UnknownOperatorError",
     "__version__",
+    "allow_import",
     "dc",
     "get_operator",
     "glob",

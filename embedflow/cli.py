@@ -1,12 +1,15 @@
 """The ``embedflow`` command line.
 
 * ``embedflow run FILE [--param k=v ...] [--device D] [--engine local|ray] [--ray-address A]
-  [--limit N] [--no-resume] [--quiet]`` runs a pipeline file to its sink (resuming an interrupted run);
-* ``embedflow explain FILE`` prints its plan; ``embedflow validate FILE`` checks it;
+  [--limit N] [--no-resume] [--quiet] [--allow-import MODULE]`` runs a pipeline file to its sink
+  (resuming an interrupted run);
+* ``embedflow explain FILE`` prints its plan; ``embedflow validate FILE`` checks it (operators,
+  parameters, inputs, the output folder) without loading a model;
 * ``embedflow ops [PATTERN]`` lists operators with a one-line summary and the package
   providing each; ``embedflow ops NAME`` shows one operator's parameters and documentation.
 
-Exit codes: 0 ok, 1 the run failed, 2 bad usage or an invalid file, 130 interrupted.
+Exit codes: 0 ok, 1 the run failed, 2 bad usage or an invalid file, 130 interrupted. Errors are
+one line (what, where, the fix); ``--traceback`` or ``EMBEDFLOW_DEBUG=1`` adds the traceback.
 
 >>> from embedflow.cli import main
 >>> main(["ops", "normalize"])  # doctest: +ELLIPSIS
@@ -20,14 +23,17 @@ import argparse
 import inspect
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__, registry
 from .engines import ENGINES
 from .errors import EmbedflowError, PipelineError, UsageError
+from .models import allow_import
 from .operator import is_operator_class
-from .pipelines import read_pipeline, run_pipeline
+from .pipelines import preflight, read_pipeline, run_pipeline
 from .plan import signature_text
 from .views.layers import layer_table, model_and_sample
 
@@ -74,25 +80,31 @@ def _params(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _read(args: argparse.Namespace) -> Any:
+    allow_import(*args.allow_import)
+    return read_pipeline(args.file, **_params(args.param))
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
-    pipeline = read_pipeline(args.file, **_params(args.param))
+    pipeline = _read(args)
+    preflight(pipeline)
     steps = len(pipeline.collection.plan.steps)
-    sink = f"{pipeline.sink.kind} {pipeline.sink.path}" if pipeline.sink else "no sink"
+    sink = f"{pipeline.sink.kind} {pipeline.sink.target}" if pipeline.sink else "no sink"
     print(f"{args.file}: ok — {pipeline.name}: {steps} step(s), sink {sink}")
     return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    pipeline = read_pipeline(args.file, **_params(args.param))
+    pipeline = _read(args)
     print(pipeline.collection.explain())
     if pipeline.sink is not None:
         cols = f" columns {', '.join(pipeline.sink.columns)}" if pipeline.sink.columns else ""
-        print(f"  sink    {pipeline.sink.kind} {pipeline.sink.path}{cols}  (on_error: {pipeline.on_error})")
+        print(f"  sink    {pipeline.sink.kind} {pipeline.sink.target}{cols}  (on_error: {pipeline.on_error})")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    pipeline = read_pipeline(args.file, **_params(args.param))
+    pipeline = _read(args)
     if args.ray_address:
         if args.engine != "ray":
             msg = "--ray-address is for --engine ray"
@@ -115,6 +127,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
+    if ":" in args.model:  # typed on the command line: the user trusts that module
+        allow_import(args.model.partition(":")[0])
     size = tuple(int(v) for v in args.input_size.split(",")) if args.input_size else None
     try:
         model, sample = model_and_sample(args.model, size)
@@ -132,16 +146,26 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``embedflow`` command."""
-    parser = argparse.ArgumentParser(prog="embedflow", description="Turn data into embedding vectors.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--traceback", action="store_true", help="print the full traceback of an error (also: EMBEDFLOW_DEBUG=1)")
+    files = argparse.ArgumentParser(add_help=False, parents=[common])
+    files.add_argument("file", help="the pipeline YAML file")
+    files.add_argument("--param", action="append", default=[], metavar="K=V", help="override a parameter (repeatable)")
+    files.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="let model specs ('MODULE.sub:factory') import and call code from this module (repeatable; off by default)",
+    )
+    parser = argparse.ArgumentParser(prog="embedflow", description="Turn data into embedding vectors.", parents=[common])
     parser.add_argument("--version", action="version", version=f"embedflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    ops = sub.add_parser("ops", help="list operators, or show one operator's parameters")
+    ops = sub.add_parser("ops", help="list operators, or show one operator's parameters", parents=[common])
     ops.add_argument("pattern", nargs="?", help="an operator name, a prefix, or a glob such as 'image_*'")
     ops.set_defaults(func=_cmd_ops)
 
-    run = sub.add_parser("run", help="run a pipeline file to its sink (resumes an interrupted run)")
-    run.add_argument("file", help="the pipeline YAML file")
-    run.add_argument("--param", action="append", default=[], metavar="K=V", help="override a parameter (repeatable)")
+    run = sub.add_parser("run", help="run a pipeline file to its sink (resumes an interrupted run)", parents=[files])
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the file's, else auto)")
     run.add_argument("--engine", choices=list(ENGINES), help="the engine (default local)")
     run.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)")
@@ -150,37 +174,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
-    layers = sub.add_parser("layers", help="list a model's layers and output shapes (names for layer=)")
+    layers = sub.add_parser("layers", help="list a model's layers and output shapes (names for layer=)", parents=[common])
     layers.add_argument("model", help="a timm architecture (resnet18) or an importable 'package.module:factory'")
     layers.add_argument("--input-size", help="C,H,W of one sample (default: the timm model's own)")
     layers.set_defaults(func=_cmd_layers)
 
-    for name, func, text in (
-        ("explain", _cmd_explain, "print a pipeline's plan; nothing runs"),
-        ("validate", _cmd_validate, "check a pipeline file, its operators and parameters"),
-    ):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("file", help="the pipeline YAML file")
-        cmd.add_argument("--param", action="append", default=[], metavar="K=V", help="override a parameter (repeatable)")
-        cmd.set_defaults(func=func)
+    explain = sub.add_parser("explain", help="print a pipeline's plan; nothing runs", parents=[files])
+    explain.set_defaults(func=_cmd_explain)
+    validate = sub.add_parser("validate", help="check a pipeline file, its operators, parameters, inputs and output", parents=[files])
+    validate.set_defaults(func=_cmd_validate)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: embedflow's own messages as they are, others with their type."""
+    if isinstance(exc, EmbedflowError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where} ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``embedflow`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.traceback or os.environ.get("EMBEDFLOW_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args))
-    except (PipelineError, UsageError) as exc:
-        print(f"embedflow: {exc}", file=sys.stderr)
-        return 2
-    except EmbedflowError as exc:
-        print(f"embedflow: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("embedflow: interrupted; finished rows are saved — run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line and an exit code
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (--traceback for the details)"
+        print(f"embedflow: {_one_line(exc)}{hint if not isinstance(exc, EmbedflowError) else ''}", file=sys.stderr)
+        return 2 if isinstance(exc, (PipelineError, UsageError)) else 1
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def short_repr(value: object, limit: int = 80) -> str:
         return f"<{type(value).__name__} shape={tuple(shape)} dtype={dtype}>"
     if isinstance(value, (bytes, bytearray)) and len(value) > limit:
         return f"<{len(value)} bytes>"
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line, whatever the object's repr
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
-from embedflow.models import load_factory
+from embedflow.models import check_factory, load_factory
 
 from ._layers import POOLS, LayerCatcher, pool_output, resolve_layer
 
@@ -39,16 +39,23 @@ class TorchLayerEmbedding(Operator):
         if pool not in POOLS:
             msg = f"embedding.torch: pool={pool!r} is not one of {', '.join(POOLS)}"
             raise ValueError(msg)
-        self.model = load_factory(model) if isinstance(model, str) else model
-        if not hasattr(self.model, "named_modules"):
+        if isinstance(model, str):
+            check_factory(model)  # allowed or not, by name only: nothing is imported before setup
+        elif hasattr(model, "named_modules"):
+            resolve_layer(model, layer)  # a bad layer fails when the chain is built
+        else:
             msg = f"embedding.torch: model must be a torch.nn.Module or 'package.module:factory', got {type(model).__name__}"
             raise ValueError(msg)
-        self.layer, self.pool = layer, pool
-        resolve_layer(self.model, layer)  # a bad layer fails when the chain is built
+        self.model, self.layer, self.pool = model, layer, pool
 
     def setup(self, device: str) -> None:
-        self.model = self.model.to(device).eval()
-        self.catch = LayerCatcher(self.model, self.layer)
+        net = load_factory(self.model) if isinstance(self.model, str) else self.model
+        if not hasattr(net, "named_modules"):
+            msg = f"embedding.torch: {self.model!r} gave a {type(net).__name__}, not a torch.nn.Module"
+            raise ValueError(msg)
+        resolve_layer(net, self.layer)
+        self.net = net.to(device).eval()
+        self.catch = LayerCatcher(self.net, self.layer)
 
     def preprocess(self, x: Any) -> Any:
         import torch

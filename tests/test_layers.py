@@ -36,6 +36,23 @@ def test_interception_equals_the_truncated_resnet():
     assert out.shape == (1, 1000)
 
 
+def test_the_hook_lives_only_during_the_call_and_later_layers_do_not_run():
+    calls = []
+
+    class Count(torch.nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return x
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), Count(), torch.nn.Linear(4, 2))
+    got = ef.dc([[1.0, 2.0, 3.0]] * 5).embedding.torch(model=net, layer="1", batch_size=5).to_numpy()
+    assert got.shape == (5, 4) and (got >= 0).all()  # the ReLU's output
+    assert calls == []  # the forward pass stopped at the caught layer
+    assert all(not m._forward_hooks for m in net.modules())  # no hook left behind
+    net(torch.zeros(2, 3))
+    assert calls == [2]  # the model runs whole again
+
+
 def test_bad_layer_names_fail_at_build_time_with_close_matches():
     net = torch.nn.Sequential()
     net.add_module("fc1", torch.nn.Linear(2, 2))

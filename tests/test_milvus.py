@@ -11,9 +11,9 @@ import pytest
 import embedflow as ef
 from embedflow.pipelines import read_pipeline, run_pipeline
 
-from .conftest import ROOT
+from .conftest import ROOT, requires
 
-pytest.importorskip("pymilvus", reason="the milvus extra is not installed (pip install 'embedflow[milvus]')")
+requires("pymilvus", "milvus")
 
 pytestmark = pytest.mark.slow
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

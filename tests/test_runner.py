@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,85 +15,8 @@ import pytest
 
 from embedflow.pipelines import read_pipeline, run_pipeline
 
-from .conftest import ROOT, write_fake_distribution
-
-SLOW_OPS = '''
-import time
-import numpy as np
-
-def mark(text, log, delay=0.0):
-    """Append the text to a log file (to see what was computed), wait, return a vector."""
-    with open(log, "a") as f:
-        f.write(text + "\\n")
-    time.sleep(delay)
-    if text == "poison":
-        raise ValueError("poisoned row")
-    return np.array([len(text), text.count("1")], np.float32)
-'''
-
-
-@pytest.fixture
-def plugin(tmp_path):
-    """A plugin package (``slow.mark``) visible to subprocesses through PYTHONPATH only."""
-    site = tmp_path / "site"
-    (site / "slowops").mkdir(parents=True)
-    (site / "slowops" / "__init__.py").write_text(SLOW_OPS)
-    write_fake_distribution(site, "slowops", "slow.mark = slowops:mark\n")
-    return site
-
-
-# A shell that starts jobs in the background (as CI may) leaves SIGINT ignored in them, and Python
-# then never raises KeyboardInterrupt. The launcher restores the default disposition and execs the
-# CLI. It is not a ``preexec_fn``: that forces a plain fork() of the pytest process, and after the
-# Ray tests gRPC's fork handlers can abort the child (SIGABRT, "epoll_wait error: Bad file descriptor").
-DEFAULT_SIGINT_LAUNCHER = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'embedflow', *sys.argv[1:]])"
-)
-
-
-def embedflow(args, plugin=None, env=None, default_sigint=False, **kwargs):
-    full_env = {**os.environ, "EMBEDFLOW_PROGRESS": "0", **(env or {})}
-    if plugin is not None:
-        full_env["PYTHONPATH"] = str(plugin) + os.pathsep + full_env.get("PYTHONPATH", "")
-    command = [sys.executable, "-c", DEFAULT_SIGINT_LAUNCHER] if default_sigint else [sys.executable, "-m", "embedflow"]
-    return subprocess.Popen(
-        [*command, *args], env=full_env, cwd=kwargs.pop("cwd", ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
-    )
-
-
-def slow_pipeline(tmp_path, rows=400, on_error="raise", sink="parquet"):
-    data = tmp_path / "lines.txt"
-    data.write_text("".join(f"line {i}\n" for i in range(rows)))
-    path = tmp_path / "slow.yaml"
-    path.write_text(
-        textwrap.dedent(f"""
-        name: slow
-        params: {{input: {data}, output: {tmp_path}/out/v.{sink}, log: {tmp_path}/log.txt, delay: 0.0}}
-        source: {{read_text: "${{input}}", column: text}}
-        steps:
-          - {{op: slow.mark, in: text, out: vec, with: {{log: "${{log}}", delay: "${{delay}}"}}}}
-        sink: {{{sink}: "${{output}}", {"column: vec" if sink == "npy" else "columns: [text, vec]"}}}
-        on_error: {on_error}
-    """)
-    )
-    return path
-
-
-def wait_for_shards(parts: Path, count: int, proc, timeout: float = 60) -> list[str]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        manifest = parts / "manifest.json"
-        if manifest.exists():
-            try:
-                shards = json.loads(manifest.read_text())["shards"]
-            except json.JSONDecodeError:
-                shards = []
-            if len(shards) >= count:
-                return [s["file"] for s in shards]
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError("no shards appeared")
+from .conftest import ROOT
+from .helpers import embedflow, slow_pipeline, wait_for_shards
 
 
 @pytest.mark.slow
@@ -239,3 +158,14 @@ def test_limit_and_explain_and_ops_commands(tmp_path, plugin):
     proc = embedflow(["ops", "normalize"])
     stdout, _ = proc.communicate(timeout=60)
     assert "parameters: p=2, axis=-1" in stdout
+
+
+def test_the_device_option_reaches_the_model_steps(tmp_path, plugin):
+    pipeline = slow_pipeline(tmp_path, rows=5, op="slow.embed")
+    proc = embedflow(["run", str(pipeline), "--device", "cuda:7", "--quiet"], plugin)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "device='cuda:7' but" in stderr  # no GPU here, or fewer than 8
+    proc = embedflow(["run", str(pipeline), "--device", "cpu", "--quiet"], plugin)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "wrote 5" in stdout, stderr

@@ -171,7 +171,12 @@ def test_queues_are_bounded_when_the_consumer_is_slow():
     it = iter(ef.dc(numbers()).map(lambda x: x, workers=2))
     for _ in range(10):
         next(it)
-    time.sleep(0.3)  # give the producers time to run ahead as far as they can
+    # let the producers run ahead as far as they can: until the source stops being read
+    seen, deadline = -1, time.time() + 10
+    while len(pulled) != seen and time.time() < deadline:
+        seen = len(pulled)
+        time.sleep(0.1)
+    assert len(pulled) == seen, "the source never stopped: the queues are not bounded"
     assert len(pulled) < 3000
     it.close()
 
@@ -189,16 +194,52 @@ def test_dtype_option_is_validated_and_fp32_on_the_cpu_means_no_autocast():
     with pytest.raises(PlanError, match="dtype='half' is not one of"):
         ef.dc([1]).map(Lengths(), dtype="half")
     assert autocast("cpu", "auto")().__class__.__name__ == "nullcontext"
-    assert ef.dc(["ab"]).map(Lengths(), dtype="bf16").to_list() == [2]
+
+    class MatMul(ef.Operator):
+        """A real torch op: under autocast its output dtype tells the precision it ran in."""
+
+        batchable = True
+
+        def preprocess(self, x):
+            import torch
+
+            return torch.full((4,), float(x))
+
+        def forward(self, batch):
+            import torch
+
+            return batch @ torch.eye(4)
+
+        def postprocess(self, output):
+            return [str(output.dtype)] * len(output)
+
+    assert ef.dc([1, 2]).map(MatMul(), dtype="bf16").to_list() == ["torch.bfloat16"] * 2
+    assert ef.dc([1, 2]).map(MatMul(), dtype="fp32").to_list() == ["torch.float32"] * 2
 
 
-def test_cpu_models_leave_the_cores_to_torch():
+class Decode(ef.Operator):
+    """Per-item work that releases the GIL (threaded): it gets a pool of its own."""
+
+    def preprocess(self, x):
+        return x
+
+
+def test_cpu_models_leave_the_cores_to_torch(monkeypatch):
     import torch
 
-    from embedflow.engines.local.engine import cpu_count, default_workers
+    from embedflow.engines.local import engine
 
-    assert default_workers(cpu_models=True) == max(1, cpu_count() - torch.get_num_threads())
-    assert default_workers(cpu_models=False) == cpu_count()
+    monkeypatch.setattr(engine, "cpu_count", lambda: 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        # a model on the CPU: the pools get the 5 cores torch does not use
+        with_model = ef.dc(["a"] * 3).map(Decode()).map(Lengths()).explain(analyze=True)
+        assert "map (5 threads)" in with_model and "map preprocess (5 threads)" in with_model
+        # no model on the CPU: a decode pool gets every core
+        assert "map (8 threads)" in ef.dc(["a"] * 3).map(Decode()).explain(analyze=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_progress_bar_can_be_forced_or_silenced(capsys):
@@ -209,6 +250,24 @@ def test_progress_bar_can_be_forced_or_silenced(capsys):
     bar = progress_bar(dc.plan, True)
     assert bar.total == 3
     bar.close()
+
+
+def test_progress_follows_the_terminal_and_embedflow_progress(monkeypatch):
+    import sys
+
+    from embedflow.engines.progress import progress_bar
+
+    plan = ef.dc(range(3)).plan
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.delenv("EMBEDFLOW_PROGRESS", raising=False)
+    bar = progress_bar(plan, None)
+    assert type(bar).__name__ != "_NoBar"  # a terminal gets a bar
+    bar.close()
+    monkeypatch.setenv("EMBEDFLOW_PROGRESS", "0")
+    assert type(progress_bar(plan, None)).__name__ == "_NoBar"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.delenv("EMBEDFLOW_PROGRESS")
+    assert type(progress_bar(plan, None)).__name__ == "_NoBar"
 
 
 class Doubler(ef.Operator):

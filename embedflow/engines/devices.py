@@ -88,6 +88,9 @@ def autocast(device: str, dtype: str | None) -> Any:
     return lambda: torch.autocast(device_type=device_type, dtype=torch_dtype)
 
 
+_LEAVES = frozenset({str, bytes, int, float, bool, type(None)})
+
+
 def map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
     """``obj`` with ``fn`` applied to every tensor inside it (tensor subclasses included),
     through dicts, lists, tuples, namedtuples and dataclasses, nested.
@@ -96,20 +99,32 @@ def map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
     {'a': [1, (2, 3)]}
     """
     torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
-    if torch is not None and isinstance(obj, torch.Tensor):
+    return obj if torch is None else _map(obj, fn, torch.Tensor)
+
+
+def _map(obj: Any, fn: Callable[[Any], Any], tensor: type) -> Any:
+    kind = type(obj)
+    if kind in _LEAVES:  # the common case first: a batch of plain values costs little
+        return obj
+    if isinstance(obj, tensor):
         return fn(obj)
+    if kind is list:
+        return [_map(v, fn, tensor) for v in obj]
+    if kind is dict:
+        return {k: _map(v, fn, tensor) for k, v in obj.items()}
     if isinstance(obj, Mapping):
-        mapped = {k: map_tensors(v, fn) for k, v in obj.items()}
+        mapped = {k: _map(v, fn, tensor) for k, v in obj.items()}
         try:
-            return type(obj)(mapped)
+            return kind(mapped)
         except TypeError:
             return mapped
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(map_tensors(v, fn) for v in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(map_tensors(v, fn) for v in obj)
+    if isinstance(obj, tuple):
+        items = [_map(v, fn, tensor) for v in obj]
+        return kind(*items) if hasattr(obj, "_fields") else kind(items)  # namedtuple or tuple
+    if isinstance(obj, list):
+        return kind(_map(v, fn, tensor) for v in obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init})
+        return dataclasses.replace(obj, **{f.name: _map(getattr(obj, f.name), fn, tensor) for f in dataclasses.fields(obj) if f.init})
     return obj
 
 

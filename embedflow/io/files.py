@@ -125,9 +125,16 @@ class ParquetSink(FileSink):
 
     suffix = ".parquet"
 
-    def __init__(self, path: str | os.PathLike[str], columns: Sequence[str] | None = None, row_group_rows: int = ROW_GROUP):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        columns: Sequence[str] | None = None,
+        row_group_rows: int = ROW_GROUP,
+        schema_columns: Sequence[str] | None = None,
+    ):
         super().__init__(path, columns)
         self.row_group_rows = row_group_rows
+        self.schema_columns = tuple(schema_columns) if schema_columns else self.columns  # an empty file still has its columns
 
     def open(self, context: SinkContext) -> None:
         super().open(context)
@@ -158,8 +165,8 @@ class ParquetSink(FileSink):
         if self.batch:
             self._flush(self.batch)
             self.batch = []
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.file.tmp, pa.schema([]))
+        if self.writer is None:  # no rows: the columns, typed null (their types come from rows)
+            self.writer = pq.ParquetWriter(self.file.tmp, pa.schema([(c, pa.null()) for c in self.schema_columns or ()]))
         self.writer.close()
         self.writer = None
         return self.file.commit()

@@ -80,11 +80,17 @@ class MilvusSink(Sink):
             raise EmbedflowError(msg)
         self.client = client(self.uri)
         self.pending: list[dict[str, Any]] = []
+        self.seen: dict[str, int] = {}
 
     def write(self, numbers: Sequence[int], rows: list[Any]) -> None:
         key_column = self.key or self.context.key_column
         for number, row in zip(numbers, rows):
-            self._add(row_key(number, row, key_column) or "", row)
+            key = row_key(number, row, key_column) or ""
+            first = self.seen.setdefault(key, number)
+            if first != number:  # an upsert would silently replace the earlier row
+                msg = f"milvus: rows {first} and {number} have the same key {key_column}={key!r}; a key must identify one row (make it unique, or pass another key column)"
+                raise EmbedflowError(msg)
+            self._add(key, row)
 
     def _add(self, key: str, row: dict[str, Any]) -> None:
         import numpy as np

@@ -95,6 +95,8 @@ class RowFilter:
 
     def apply(self, parts: Sequence[Part]) -> list[Part]:
         """The parts still to read; each carries only the finished ranges that touch it."""
+        if not self.done and self.limit is None:
+            return list(parts)
         starts, ends = [a for a, _ in self.done], [b for _, b in self.done]
         kept: list[Part] = []
         for p in parts:

@@ -32,8 +32,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import EmbedflowError
+from ..errors import EmbedflowError, UsageError
 from .arrow import batch_to_rows, rows_to_table
+from .faults import fault
 from .files import AtomicFile, FileSink, write_lines
 from .keys import row_key
 from .ranges import Ranges, as_ranges
@@ -48,8 +49,8 @@ class OutputLocked(EmbedflowError):
     """Another run is writing the same output."""
 
 
-class StaleRun(EmbedflowError):
-    """An unfinished run left shards that this run cannot continue."""
+class StaleRun(UsageError):
+    """An unfinished run left shards that this run cannot continue (rerun with --no-resume)."""
 
 
 class ShardStore:
@@ -169,6 +170,7 @@ class ShardStore:
             file.commit()
         finally:
             file.discard()
+        fault("shard-written")
         self.shards.append({"file": name, "rows": len(records), "ranges": [list(r) for r in as_ranges(n for n, _, _ in records)]})
         self._write_manifest()
 
@@ -204,6 +206,7 @@ class ShardStore:
         instant leaves either the whole folder or trash that the next run removes."""
         trash = self.dir.with_name(f"{self.dir.name}.trash-{uuid.uuid4().hex[:8]}")
         os.replace(self.dir, trash)
+        fault("cleanup-renamed")
         shutil.rmtree(trash, ignore_errors=True)
 
     def _remove_trash(self) -> None:
@@ -231,12 +234,12 @@ class ResumableSink(Sink):
 
     ordered = False
 
-    def __init__(self, inner: FileSink, store: ShardStore, every_rows: int = 256, every_seconds: float = 2.0):
+    def __init__(self, inner: FileSink, store: ShardStore, every_rows: int = 256, every_seconds: float = 2.0, allow_empty: bool = True):
         self.inner, self.store = inner, store
+        self.allow_empty = allow_empty
         self.every_rows, self.every_seconds = every_rows, every_seconds
         self.buffer: list[Record] = []
         self.last_commit = time.monotonic()
-        self.written = 0
 
     def write(self, numbers: Sequence[int], rows: list[Any]) -> None:
         key_column = self.context.key_column
@@ -256,24 +259,30 @@ class ResumableSink(Sink):
 
     def close(self) -> Path:
         self.commit()
+        if not self.allow_empty and self.store.rows() == 0 and not self.store.failures():
+            msg = f"{self.store.output}: the input has no rows, so nothing was written; add allow_empty: true to the source if an empty input is fine"
+            raise EmbedflowError(msg)
         self.inner.open(SinkContext(named=True, key_column=self.context.key_column))
         try:
             chunk_numbers: list[int] = []
             chunk_rows: list[dict[str, Any]] = []
             key_column = self.context.key_column
+            half = self.store.rows() // 2
             for number, key, row in self.store.merged():
                 if key_column is not None and key_column not in row:
                     row[key_column] = key  # the sink may need the key (npy's key file)
                 chunk_numbers.append(number)
                 chunk_rows.append(row)
-                if len(chunk_rows) >= 1024:
+                if len(chunk_rows) >= 1024 or self.inner.count + len(chunk_rows) == half:
                     self.inner.write(chunk_numbers, chunk_rows)
                     chunk_numbers, chunk_rows = [], []
+                    if self.inner.count == half:
+                        fault("merge-half")
             if chunk_rows:
                 self.inner.write(chunk_numbers, chunk_rows)
             result = self.inner.close()
         except BaseException:
             self.inner.abort()
             raise
-        self.written = self.inner.count
+        fault("output-written")
         return result

@@ -39,6 +39,7 @@ class Source:
     spec: dict[str, Any] | None = field(default=None, compare=False)  # its YAML form, if any
     key_column: str | None = None  # the column that identifies a row by default (glob: the path)
     row_filter: RowFilter | None = None  # rows to leave out (a resumed run, --limit)
+    allow_empty: bool = False  # an input without rows is fine (else a pipeline run refuses it)
 
     def describe(self) -> str:
         cols = f" -> {', '.join(self.columns)}" if self.named and self.columns else ""
@@ -64,6 +65,10 @@ class Source:
         """What identifies the input's content, to tell a changed input from an unchanged one
         (a resumed run must read the same rows): see each source."""
         return {}
+
+    def check(self) -> None:
+        """Fail now, naming the input and the fix, when the input cannot be read or holds
+        nothing (unless ``allow_empty``); checked before any work and by ``validate``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,20 +109,26 @@ class GlobSource(Source):
     patterns: tuple[str, ...]
 
     def _parts(self, split: bool) -> list[Part]:
-        return [GlobPart(list_files(self.patterns), self.columns)]
+        return [GlobPart(list_files(self.patterns, warn=not self.allow_empty), self.columns)]
+
+    def check(self) -> None:
+        if not self.allow_empty and not list_files(self.patterns, warn=False):
+            shown = ", ".join(map(repr, self.patterns))
+            msg = f"glob {shown} matched no file (relative to {os.getcwd()}); check the pattern, or add allow_empty: true to the source if an empty input is fine"
+            raise EmbedflowError(msg)
 
     def identity(self) -> dict[str, Any]:
         """The listing: every file's path, size and modification time (a file's contents are
         read by the steps, not by this source)."""
         digest = hashlib.sha256()
-        paths = list_files(self.patterns)
+        paths = list_files(self.patterns, warn=False)
         for p in paths:
             st = os.stat(p) if os.path.exists(p) else None
             digest.update(f"{p}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
         return {"files": len(paths), "listing": digest.hexdigest()[:16]}
 
 
-def list_files(patterns: tuple[str, ...]) -> list[str]:
+def list_files(patterns: tuple[str, ...], warn: bool = True) -> list[str]:
     """The sorted files matching ``patterns``. A file reached twice (through a symlinked
     folder, or by two patterns) is listed once; a dangling symlink is listed (reading it then
     fails and is recorded or raised) rather than dropped silently."""
@@ -132,7 +143,7 @@ def list_files(patterns: tuple[str, ...]) -> list[str]:
         if found[p] not in seen:
             seen.add(found[p])
             paths.append(p)
-    if not paths:
+    if not paths and warn:
         warnings.warn(f"glob{patterns!r} matched no file (relative to {os.getcwd()}); check the pattern", stacklevel=user_stacklevel())
     return paths
 
@@ -143,6 +154,21 @@ class FileSource(Source):
 
     path: str
     format: str  # text | jsonl | csv | parquet
+
+    def check(self) -> None:
+        path = self.path
+        if not os.path.exists(path):
+            msg = f"{self.kind}: input file {path!r} does not exist (relative to {os.getcwd()}); check the path"
+            raise EmbedflowError(msg)
+        if not os.path.isfile(path):
+            msg = f"{self.kind}: input {path!r} is not a file; name a file"
+            raise EmbedflowError(msg)
+        if not os.access(path, os.R_OK):
+            msg = f"{self.kind}: input file {path!r} is not readable (permissions); fix them or copy the file"
+            raise EmbedflowError(msg)
+        if os.path.getsize(path) == 0 and not self.allow_empty:
+            msg = f"{self.kind}: input file {path!r} is empty; add allow_empty: true to the source if an empty input is fine"
+            raise EmbedflowError(msg)
 
     def _parts(self, split: bool) -> list[Part]:
         path, columns = self.path, self.columns

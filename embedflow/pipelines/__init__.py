@@ -8,7 +8,8 @@ runner that takes a file to its sink with resume (:mod:`.runner`).
 
 from __future__ import annotations
 
+from .checks import preflight
 from .runner import RunSummary, run_pipeline
 from .schema import Pipeline, SinkSpec, load_pipeline, read_pipeline
 
-__all__ = ["Pipeline", "RunSummary", "SinkSpec", "load_pipeline", "read_pipeline", "run_pipeline"]
+__all__ = ["Pipeline", "RunSummary", "SinkSpec", "load_pipeline", "preflight", "read_pipeline", "run_pipeline"]

@@ -29,6 +29,7 @@ from ..io.ranges import RowFilter, count
 from ..io.shards import ResumableSink, ShardStore
 from ..io.sinks import Sink
 from ..views.display import PrintSink
+from .checks import check_unique_keys, preflight, schema_columns
 from .schema import Pipeline, SinkSpec
 
 # Commit a shard at least every SHARD_ROWS rows or SHARD_SECONDS seconds, so an interruption
@@ -58,24 +59,24 @@ class RunSummary:
         return text
 
 
-def build_sink(spec: SinkSpec) -> Sink:
-    """The sink a pipeline file's ``sink:`` names."""
+def build_sink(spec: SinkSpec, schema: tuple[str, ...] | None = None) -> Sink:
+    """The sink a pipeline file's ``sink:`` names; ``schema`` names the columns of an empty output."""
     if spec.kind == "parquet":
-        return ParquetSink(spec.path, spec.columns)
+        return ParquetSink(spec.path, spec.columns, schema_columns=schema)
     if spec.kind == "jsonl":
         return JsonlSink(spec.path, spec.columns)
     if spec.kind == "npy":
         assert spec.column is not None
         return NpySink(spec.path, spec.column)
     if spec.kind == "milvus":
-        return MilvusSink(spec.path, spec.collection or "", spec.vector, spec.fields, spec.metric)
+        return MilvusSink(spec.target, spec.collection or "", spec.vector, spec.fields, spec.metric)
     return PrintSink(spec.columns)
 
 
 def errors_path(spec: SinkSpec) -> Path:
     """Where the failures of a run go: ``<output>.errors.jsonl`` (for a Milvus server, the
     collection's name in the current folder)."""
-    if "://" in str(spec.path):
+    if spec.remote:
         return Path(f"{spec.collection}.errors.jsonl")
     return spec.path.with_name(spec.path.name + ".errors.jsonl")
 
@@ -83,7 +84,7 @@ def errors_path(spec: SinkSpec) -> Path:
 def _describe(spec: SinkSpec) -> str:
     if spec.kind in ("parquet", "jsonl", "npy"):
         return str(spec.path)
-    return f"{spec.kind} {spec.path}" + (f" collection {spec.collection}" if spec.collection else "")
+    return f"{spec.kind} {spec.target}" + (f" collection {spec.collection}" if spec.collection else "")
 
 
 def run_pipeline(
@@ -106,7 +107,10 @@ def run_pipeline(
     if engine is not None:
         dc = dc.set_engine(engine)
     plan = dc.plan
-    sink = build_sink(spec)
+    preflight(pipeline)
+    if plan.key is not None:
+        check_unique_keys(plan.source, plan.key)
+    sink = build_sink(spec, schema_columns(pipeline))
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
     failures = FailureLog(records.append, plan.key_column)
@@ -119,7 +123,8 @@ def run_pipeline(
             resumed = count(done)
             failures = FailureLog(store.record_failure, plan.key_column)
             plan = replace(plan, source=plan.source.with_filter(RowFilter(done, limit)))
-            execute(plan, ResumableSink(sink, store, SHARD_ROWS, SHARD_SECONDS), named=dc.named, progress=progress, failures=failures)
+            resumable = ResumableSink(sink, store, SHARD_ROWS, SHARD_SECONDS, allow_empty=plan.source.allow_empty or resumed > 0)
+            execute(plan, resumable, named=dc.named, progress=progress, failures=failures)
             lines = store.failures()
             written = sink.count
             store.remove()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from .yaml_loader import LineDict, load_yaml_file
 
 TOP_KEYS = ("name", "description", "params", "source", "steps", "sink", "on_error", "device")
 SOURCE_KINDS = ("read_text", "glob", "read_jsonl", "read_csv", "read_parquet", "items")
-SOURCE_OPTIONS = ("column", "columns", "key")
+SOURCE_OPTIONS = ("column", "columns", "key", "allow_empty")
 STEP_KEYS = ("op", "in", "out", "with", *EXECUTION_OPTIONS)
 GENERIC_STEPS = ("select", "exclude", "head")
 SINK_KINDS = ("parquet", "jsonl", "npy", "milvus", "print")
@@ -50,13 +50,23 @@ class SinkSpec:
     """Where a pipeline's rows go: ``kind`` is parquet, jsonl or npy."""
 
     kind: str
-    path: Path  # the output file; for milvus the URI (a Milvus Lite file or http://...)
+    target: str  # the output file; for milvus the URI (a Milvus Lite file or http://...)
     columns: tuple[str, ...] | None = None  # parquet/jsonl/print: the columns to keep (default all)
     column: str | None = None  # npy: the vector column
     collection: str | None = None  # milvus
     vector: str = "vec"  # milvus: the vector column
     fields: tuple[str, ...] | None = None  # milvus: scalar columns stored beside the vector
     metric: str = "COSINE"  # milvus
+
+    @property
+    def path(self) -> Path:
+        """The output file (for a Milvus Lite database, its file)."""
+        return Path(self.target)
+
+    @property
+    def remote(self) -> bool:
+        """A server URI (``http://host:19530``), not a file."""
+        return "://" in self.target
 
 
 @dataclass
@@ -264,6 +274,12 @@ def _build_source(body: LineDict) -> tuple[DataCollection, str | None]:
         raise _fail(source.where(kind), str(exc)) from exc
     if key is not None and not isinstance(key, str):
         raise _fail(source.where("key"), f"key must be one column name, got {key!r}")
+    allow_empty = source.get("allow_empty", False)
+    if not isinstance(allow_empty, bool):
+        raise _fail(source.where("allow_empty"), f"allow_empty must be true or false (without quotes), got {allow_empty!r}")
+    if allow_empty:
+        plan = dc.plan
+        dc = DataCollection(replace(plan, source=replace(plan.source, allow_empty=True)), dc.named, dc.columns)
     return dc, key
 
 
@@ -310,7 +326,7 @@ def _build_step(dc: DataCollection, step: Any, index: int, where: str) -> DataCo
             raise registry.unknown_operator_error(name)
         return dc._apply(name, kwargs, key)
     except EmbedflowError as exc:
-        bad = next((k for k in params if f"'{k}'" in str(exc)), None)
+        bad = next((k for k in params if f"'{k}'" in str(exc) or f"{k}=" in str(exc)), None)
         at = params.where(bad) if bad is not None and isinstance(params, LineDict) else step.where("op")
         raise _fail(at, f"{label} ({name}): {exc}") from exc
 
@@ -347,5 +363,5 @@ def _build_sink(body: LineDict) -> SinkSpec | None:
         if metric not in ("COSINE", "IP", "L2"):
             raise _fail(sink.where("metric"), f"sink milvus: metric {metric!r} is not one of COSINE, IP, L2")
         fields = _names(sink["fields"], sink.where("fields"), "fields") if "fields" in sink else None
-        return SinkSpec(kind, Path(target), None, None, sink["collection"], str(sink.get("vector", "vec")), fields, metric)
-    return SinkSpec(kind, Path(target), columns, column)
+        return SinkSpec(kind, target, None, None, sink["collection"], str(sink.get("vector", "vec")), fields, metric)
+    return SinkSpec(kind, target, columns, column)

@@ -55,16 +55,51 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+MAX_VALUES = 10_000  # values a file may expand to through aliases: pipeline files have dozens
+
+
+def _expanded_size(node: yaml.Node, file: str) -> int:
+    """How many values the document becomes once every alias (``*name``) is expanded, counted
+    without expanding anything; a file past ``MAX_VALUES`` is refused (an "alias bomb" of a
+    few hundred bytes would otherwise take gigabytes)."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        known = sizes.get(id(n))
+        if known is not None:
+            return known
+        sizes[id(n)] = 1  # a recursive alias counts once
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.MappingNode):
+            children = [x for pair in n.value for x in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        total = 1 + sum(size(c) for c in children)
+        if total > MAX_VALUES:
+            msg = f"{file}:{n.start_mark.line + 1}: the YAML aliases (&name / *name) here expand to more than {MAX_VALUES} values; a pipeline file needs far fewer — write the values out or remove the aliases"
+            raise PipelineError(msg)
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
+
+
 def load_yaml_text(text: str, file: str = "<yaml>") -> Any:
     """Parse YAML text with line-aware mappings; syntax errors name the file and line."""
-    loader_cls = type("_FileLoader", (_Loader,), {"file": file})
+    loader = type("_FileLoader", (_Loader,), {"file": file})(text)
     try:
-        return yaml.load(text, Loader=loader_cls)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, file)
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else 0
         msg = f"{file}:{line}: not valid YAML: {exc.problem or exc}"
         raise PipelineError(msg) from exc
+    finally:
+        loader.dispose()
 
 
 def load_yaml_file(path: str | Path) -> Any:

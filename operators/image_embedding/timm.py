@@ -72,6 +72,25 @@ class TimmImageEmbedding(Operator):
             raise ValueError(msg)
         self.layer, self.pool = layer, pool
         self.create_kwargs = create_kwargs
+        if create_kwargs:
+            self._check_create_kwargs()
+
+    def _check_create_kwargs(self) -> None:
+        """Build the model on the meta device (no memory, no weights) so that a keyword
+        ``timm.create_model`` does not take fails now, not after the data is read."""
+        import timm
+        import torch
+
+        try:
+            with torch.device("meta"):
+                timm.create_model(self.model_name, pretrained=False, **self.create_kwargs)
+        except TypeError as exc:
+            bad = next((k for k in self.create_kwargs if repr(k) in str(exc) or k in str(exc)), sorted(self.create_kwargs)[0])
+            msg = (
+                f"image_embedding.timm(): unexpected parameter {bad!r} ({exc}). Valid parameters: model_name, pretrained, "
+                f"checkpoint_path, channels_last, layer, pool, and the keywords timm.create_model takes for {self.model_name!r}"
+            )
+            raise ValueError(msg) from exc
 
     def setup(self, device: str) -> None:
         import timm

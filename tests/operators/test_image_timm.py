@@ -98,9 +98,16 @@ def test_pretrained_weights_unavailable_offline_explain_the_choices(monkeypatch)
         ef.dc([np.zeros((8, 8, 3), np.uint8)]).image_embedding.timm(model_name="resnet18").to_list()
 
 
-def test_extra_keyword_arguments_go_to_create_model():
-    vec = ef.dc([np.zeros((32, 32, 3), np.uint8)]).image_embedding.timm(model_name="resnet18", pretrained=False, drop_rate=0.5).to_list()[0]
-    assert vec.shape == (512,)
+def test_extra_keyword_arguments_go_to_create_model(resnet_checkpoint, sample_images):
+    import timm
+
+    path, model = resnet_checkpoint
+    photos = sample_images[:3]
+    max_pooled = timm.create_model("resnet18", pretrained=False, global_pool="max").eval()
+    max_pooled.load_state_dict(model.state_dict())
+    got = ef.dc(photos).image_embedding.timm(model_name="resnet18", pretrained=False, checkpoint_path=str(path), global_pool="max").to_numpy()
+    np.testing.assert_allclose(got, _timm_direct(max_pooled, photos), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, _timm_direct(model, photos))  # not the default average pooling
 
 
 def test_channels_last_is_on_for_conv_nets_and_gives_the_same_vectors(resnet_checkpoint, sample_images):

@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from ...errors import PlanError
+from ...models import allowed_imports
 from ...plan import Batch, CheapStage, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
 from ..base import Engine
 from ..failures import FailureLog
@@ -189,7 +190,7 @@ class RayEngine(Engine):
         steps = [portable_step(s) for st in stages for s in (st.steps if isinstance(st, CheapStage) else (st.step,))]  # type: ignore[union-attr]
         if not steps:
             return ds
-        task = cheap_task(ship(steps), physical.key_column)
+        task = cheap_task(ship(steps), physical.key_column, allowed_imports())
         return ds.map_batches(task, batch_format="numpy", batch_size=ROWS_PER_BLOCK, zero_copy_batch=False)
 
     @staticmethod
@@ -208,7 +209,12 @@ class RayEngine(Engine):
         lean = replace(stage, step=portable_step(stage.step))
         return ds.map_batches(
             ModelActor,
-            fn_constructor_kwargs={"stage_bytes": ship(lean), "device": "cuda" if use_gpu else "cpu", "key_column": physical.key_column},
+            fn_constructor_kwargs={
+                "stage_bytes": ship(lean),
+                "device": "cuda" if use_gpu else "cpu",
+                "key_column": physical.key_column,
+                "allowed": allowed_imports(),
+            },
             batch_format="numpy",
             batch_size=ray_batch,
             compute=ray.data.ActorPoolStrategy(size=max(1, concurrency)),

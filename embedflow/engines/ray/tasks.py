@@ -16,6 +16,7 @@ from typing import Any
 
 from ... import registry
 from ...io.readers import BadRow, Part
+from ...models import allow_import
 from ...plan import Apply, ModelStage, Step
 from ..batching import ModelBatcher, Replica
 from ..devices import autocast, resolve_device
@@ -70,11 +71,12 @@ def read_part(part: Part, on_error: str, label: str) -> Iterator[Any]:
 
 
 # --------------------------------------------------------------------------- cheap stages
-def cheap_task(steps_bytes: bytes, key_column: str | None) -> Any:
+def cheap_task(steps_bytes: bytes, key_column: str | None, allowed: list[str]) -> Any:
     """A Ray task function that runs fused cheap and per-item steps on a block of rows."""
 
     @carry_errors
     def run(batch: dict[str, Any]) -> dict[str, Any]:
+        allow_import(*allowed)  # the modules the driver's user allowed model factories from
         steps: Sequence[Step] = pickle.loads(steps_bytes)
         numbers, rows, markers = decode(batch)
         log = Collector(key_column)
@@ -93,7 +95,8 @@ def cheap_task(steps_bytes: bytes, key_column: str | None) -> Any:
 class ModelActor:
     """One replica of a model stage's operator inside a Ray actor."""
 
-    def __init__(self, stage_bytes: bytes, device: str, key_column: str | None):
+    def __init__(self, stage_bytes: bytes, device: str, key_column: str | None, allowed: list[str]):
+        allow_import(*allowed)  # the modules the driver's user allowed model factories from
         self.stage: ModelStage = pickle.loads(stage_bytes)
         if device == "cpu":
             # Ray caps torch at the CPUs the actor holds (all but one, so that cheap tasks can

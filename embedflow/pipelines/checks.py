@@ -1,0 +1,85 @@
+"""Checks that run before any work (and in ``embedflow validate``): the input exists and holds
+rows, the output can be written, and row keys are unique — so that a mistake costs a second,
+not the hours of a job that fails at its end.
+
+>>> import tempfile, os
+>>> check_output(os.path.join(tempfile.mkdtemp(), "new", "v.parquet"))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import EmbedflowError
+from ..io.keys import row_key
+from ..io.readers import BadRow
+from ..io.sources import GlobSource, Source
+from .schema import Pipeline
+
+FILE_SINKS = ("parquet", "jsonl", "npy")
+
+
+def check_output(path: str | os.PathLike[str], database: bool = False) -> None:
+    """Fail naming the path and the fix when a file cannot be written at ``path`` (a
+    ``database``, such as Milvus Lite's, may be a folder of its own)."""
+    target = Path(path)
+    if target.is_dir() and not database:
+        msg = f"output {str(target)!r} is a folder; name a file in it, e.g. {target / ('vectors' + (target.suffix or '.parquet'))}"
+        raise EmbedflowError(msg)
+    folder = target.parent
+    while not folder.exists():  # the nearest folder that exists must let us create the rest
+        folder = folder.parent
+    if not folder.is_dir():
+        msg = f"output {str(target)!r}: {str(folder)!r} is a file, not a folder; choose another output path"
+        raise EmbedflowError(msg)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        msg = f"output {str(target)!r}: the folder {str(folder)!r} is not writable; choose another output path or fix its permissions"
+        raise EmbedflowError(msg)
+    if target.is_file() and not os.access(target, os.W_OK):
+        msg = f"output {str(target)!r} exists and is read-only; remove it or choose another output path"
+        raise EmbedflowError(msg)
+
+
+def preflight(pipeline: Pipeline) -> None:
+    """Every check that needs no work: the input (exists, readable, not empty unless allowed)
+    and the output (writable)."""
+    pipeline.collection.plan.source.check()
+    spec = pipeline.sink
+    if spec is None:
+        return
+    if spec.kind in FILE_SINKS:
+        check_output(spec.path)
+    elif spec.kind == "milvus" and not spec.remote:
+        check_output(spec.path, database=True)
+
+
+def check_unique_keys(source: Source, column: str) -> None:
+    """Read the source once and fail on the first key that two rows share, naming both rows:
+    with a duplicate key, one row would overwrite the other (Milvus) or be taken for done
+    (resume). A glob's paths are unique by construction."""
+    if isinstance(source, GlobSource):
+        return
+    seen: dict[str, int] = {}
+    for part in source.parts():
+        for number, row in part:
+            if type(row) is BadRow:
+                continue  # recorded or raised by the run itself
+            key = row_key(number, row, column)
+            first = seen.setdefault(key, number)  # type: ignore[arg-type]
+            if first != number:
+                msg = (
+                    f"{source.label}: rows {first} and {number} have the same key {column}={key!r}; a key must identify one "
+                    f"row (make the {column!r} values unique, or name another key column with source: key:)"
+                )
+                raise EmbedflowError(msg)
+
+
+def schema_columns(pipeline: Pipeline) -> tuple[str, ...] | None:
+    """The output's columns when they are known before running (to write an empty output)."""
+    spec = pipeline.sink
+    if spec is None:
+        return None
+    if spec.kind == "npy":
+        return None
+    return spec.columns or pipeline.collection.columns

@@ -1,0 +1,126 @@
+"""Helpers of the runner and trust tests: a plugin package of slow operators visible to
+``embedflow run`` subprocesses, a pipeline file that uses them, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from .conftest import ROOT, write_fake_distribution
+
+SLOW_OPS = '''
+import time
+import numpy as np
+
+def mark(text, log, delay=0.0):
+    """Append the text to a log file (to see what was computed), wait, return a vector."""
+    with open(log, "a") as f:
+        f.write(text + "\\n")
+    time.sleep(delay)
+    if text == "poison":
+        raise ValueError("poisoned row")
+    return np.array([len(text), text.count("1")], np.float32)
+
+
+from embedflow import Operator
+
+
+class Embed(Operator):
+    """Batchable, sorted by length: logs each text as its batch is computed."""
+
+    batchable = True
+    default_batch_size = 8
+
+    def __init__(self, log: str, delay: float = 0.0):
+        self.log, self.delay = log, delay
+
+    def sort_key(self, text):
+        return len(text)
+
+    def forward(self, batch):
+        with open(self.log, "a") as f:
+            f.write("".join(t + "\\n" for t in batch))
+        time.sleep(self.delay * len(batch))
+        if "poison" in batch:
+            raise ValueError("poisoned row")
+        return [np.array([len(t), t.count("1")], np.float32) for t in batch]
+
+
+def small_mlp():
+    """A factory for embedding.torch (allowed only with --allow-import slowops)."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+'''
+
+
+def make_plugin(tmp_path):
+    """A plugin package (``slow.mark``, ``slow.embed``) visible to subprocesses through
+    PYTHONPATH only (the ``plugin`` fixture of conftest.py)."""
+    site = tmp_path / "site"
+    (site / "slowops").mkdir(parents=True)
+    (site / "slowops" / "__init__.py").write_text(SLOW_OPS)
+    write_fake_distribution(site, "slowops", "slow.mark = slowops:mark\nslow.embed = slowops:Embed\n")
+    return site
+
+
+# A shell that starts jobs in the background (as CI may) leaves SIGINT ignored in them, and Python
+# then never raises KeyboardInterrupt. The launcher restores the default disposition and execs the
+# CLI. It is not a ``preexec_fn``: that forces a plain fork() of the pytest process, and after the
+# Ray tests gRPC's fork handlers can abort the child (SIGABRT, "epoll_wait error: Bad file descriptor").
+DEFAULT_SIGINT_LAUNCHER = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'embedflow', *sys.argv[1:]])"
+)
+
+
+def embedflow(args, plugin=None, env=None, default_sigint=False, **kwargs):
+    full_env = {**os.environ, "EMBEDFLOW_PROGRESS": "0", **(env or {})}
+    if plugin is not None:
+        full_env["PYTHONPATH"] = str(plugin) + os.pathsep + full_env.get("PYTHONPATH", "")
+    command = [sys.executable, "-c", DEFAULT_SIGINT_LAUNCHER] if default_sigint else [sys.executable, "-m", "embedflow"]
+    return subprocess.Popen(
+        [*command, *args], env=full_env, cwd=kwargs.pop("cwd", ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+
+
+def slow_pipeline(tmp_path, rows=400, on_error="raise", sink="parquet", op="slow.mark"):
+    """A pipeline file that runs ``op`` (slow.mark, per item; slow.embed, batched and sorted)
+    on ``rows`` lines; params input, output, log and delay."""
+    data = tmp_path / "lines.txt"
+    data.write_text("".join(f"line {i}\n" for i in range(rows)))
+    path = tmp_path / "slow.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        name: slow
+        params: {{input: {data}, output: {tmp_path}/out/v.{sink}, log: {tmp_path}/log.txt, delay: 0.0}}
+        source: {{read_text: "${{input}}", column: text}}
+        steps:
+          - {{op: {op}, in: text, out: vec, with: {{log: "${{log}}", delay: "${{delay}}"}}}}
+        sink: {{{sink}: "${{output}}", {"column: vec" if sink == "npy" else "columns: [text, vec]"}}}
+        on_error: {on_error}
+    """)
+    )
+    return path
+
+
+def wait_for_shards(parts: Path, count: int, proc, timeout: float = 60) -> list[str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        manifest = parts / "manifest.json"
+        if manifest.exists():
+            try:
+                shards = json.loads(manifest.read_text())["shards"]
+            except json.JSONDecodeError:
+                shards = []
+            if len(shards) >= count:
+                return [s["file"] for s in shards]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no shards appeared")
