@@ -23,11 +23,12 @@ from typing import Any
 
 from ..engines import FailureLog, execute
 from ..errors import PipelineError
-from ..io.files import JsonlSink, NpySink, ParquetSink, write_lines
+from ..io.files import FileSink, JsonlSink, NpySink, ParquetSink, write_lines
 from ..io.milvus import MilvusSink
 from ..io.ranges import RowFilter, count
 from ..io.shards import ResumableSink, ShardStore
 from ..io.sinks import Sink
+from ..plan import Plan
 from ..views.display import PrintSink
 from .checks import check_unique_keys, preflight, schema_columns
 from .schema import Pipeline, SinkSpec
@@ -112,43 +113,50 @@ def run_pipeline(
         check_unique_keys(plan.source, plan.key)
     sink = build_sink(spec, schema_columns(pipeline))
     start = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    failures = FailureLog(records.append, plan.key_column)
-    resumed = 0
-    if isinstance(sink, (ParquetSink, JsonlSink, NpySink)):
+    target = errors_path(spec)
+    if isinstance(sink, FileSink):
         fingerprint = pipeline.fingerprint() + (f"-limit{limit}" if limit is not None else "")
-        store = ShardStore(sink.path, fingerprint, plan.source.identity())
-        try:
-            done = store.open(resume)
-            resumed = count(done)
-            failures = FailureLog(store.record_failure, plan.key_column)
-            plan = replace(plan, source=plan.source.with_filter(RowFilter(done, limit)))
-            resumable = ResumableSink(sink, store, SHARD_ROWS, SHARD_SECONDS, allow_empty=plan.source.allow_empty or resumed > 0)
-            execute(plan, resumable, named=dc.named, progress=progress, failures=failures)
-            lines = store.failures()
-            written = sink.count
-            store.remove()
-        finally:
-            store.close()
+        written, failed, resumed = _run_resumable(plan, sink, fingerprint, target, named=dc.named, limit=limit, resume=resume, progress=progress)
     else:
+        records: list[dict[str, Any]] = []
+        failures = FailureLog(records.append, plan.key_column)
         if limit is not None:
             plan = replace(plan, source=plan.source.with_filter(RowFilter((), limit)))
         written = execute(plan, sink, named=dc.named, progress=False if isinstance(sink, PrintSink) else progress, failures=failures)
-        lines = records_as_lines(records)
-    target = errors_path(spec)
-    if lines:
-        write_lines(target, iter(lines))
-    elif spec.kind in ("parquet", "jsonl", "npy"):
-        target.unlink(missing_ok=True)
+        if records:
+            write_lines(target, iter(records_as_lines(records)))
+        failed, resumed = failures.count, 0
     return RunSummary(
-        read=written + failures.count,
+        read=written + failed,
         written=written,
-        failed=failures.count,
+        failed=failed,
         resumed=resumed,
         seconds=time.perf_counter() - start,
         output=_describe(spec),
-        errors=str(target) if lines else None,
+        errors=str(target) if failed else None,
     )
+
+
+def _run_resumable(
+    plan: Plan, sink: FileSink, fingerprint: str, errors: Path, *, named: bool, limit: int | None, resume: bool, progress: bool | None
+) -> tuple[int, int, int]:
+    """A file sink's run with shards: (rows written, failed, already done by an earlier run)."""
+    store = ShardStore(sink.path, fingerprint, plan.source.identity())
+    try:
+        done = store.open(resume)
+        failures = FailureLog(store.record_failure, plan.key_column)
+        plan = replace(plan, source=plan.source.with_filter(RowFilter(done, limit)))
+        resumable = ResumableSink(sink, store, SHARD_ROWS, SHARD_SECONDS, allow_empty=plan.source.allow_empty or bool(done))
+        execute(plan, resumable, named=named, progress=progress, failures=failures)
+        lines = store.failures()
+        if lines:  # before the shards go: a kill here leaves what a rerun needs
+            write_lines(errors, iter(lines))
+        else:
+            errors.unlink(missing_ok=True)
+        store.remove()
+    finally:
+        store.close()
+    return sink.count, failures.count, count(done)
 
 
 def records_as_lines(records: list[dict[str, Any]]) -> list[str]:

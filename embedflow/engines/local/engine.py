@@ -34,7 +34,7 @@ from ..failures import FailureLog
 from ..replicas import ready
 from ..stats import RunStats, StageStats
 from ..steps import Chunk, Guard, drop_bad_rows, drop_skipped, head_rows, run_cheap, whole_rows
-from .model_stage import start_model_stage
+from .model_stage import ModelStageThreads
 from .scheduler import END, Channel, Run
 
 MAX_CHUNK = 256
@@ -109,7 +109,10 @@ class LocalEngine(Engine):
             stage = group[0]
             if isinstance(stage, ModelStage):
                 workers = stage.workers or workers_default
-                start_model_stage(stage, replicas[id(stage)], workers, channel, out, failures, run, progress if stage.reports_progress else None)
+                threads = ModelStageThreads(
+                    stage, replicas[id(stage)], workers, channel, out, failures, run, progress if stage.reports_progress else None
+                )
+                threads.start(run)
             elif isinstance(stage, PoolStage):
                 _start_pool(stage, stage.workers or workers_default, channel, out, failures, run)
             else:

@@ -203,18 +203,3 @@ class ModelStageThreads:
                     self.done.close()
                     return
         self.outbox.finish()
-
-
-def start_model_stage(
-    stage: ModelStage,
-    replicas: list[Replica],
-    workers: int,
-    inbox: Channel,
-    outbox: Channel,
-    failures: FailureLog,
-    run: Run,
-    progress: Callable[[int], Any] | None = None,
-) -> None:
-    """Start the threads of a model stage; ``progress(n)`` is told of every batch the device
-    finishes."""
-    ModelStageThreads(stage, replicas, workers, inbox, outbox, failures, run, progress).start(run)
