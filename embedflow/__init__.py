@@ -20,7 +20,7 @@ from .errors import (
 )
 from .models import allow_import, resolve_model
 from .operator import Operator
-from .pipelines import load_pipeline
+from .pipelines import load_pipeline, serve
 from .registry import get_operator, list_operators, register
 
 __version__ = "0.1.0"
@@ -49,4 +49,5 @@ __all__ = [
     "read_text",
     "register",
     "resolve_model",
+    "serve",
 ]

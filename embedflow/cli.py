@@ -3,6 +3,8 @@
 * ``embedflow run FILE [--param k=v ...] [--device D] [--engine local|ray] [--ray-address A]
   [--limit N] [--no-resume] [--quiet] [--allow-import MODULE]`` runs a pipeline file to its sink
   (resuming an interrupted run);
+* ``embedflow serve FILE [--param k=v ...] [--host H] [--port P] [--max-batch-size N] [--max-wait-ms M]``
+  serves the pipeline over HTTP (``POST /v1/embeddings``, ``POST /run``; see :mod:`embedflow.serve`);
 * ``embedflow explain FILE`` prints its plan; ``embedflow validate FILE`` checks it (operators,
   parameters, inputs, the output folder) without loading a model;
 * ``embedflow ops [PATTERN]`` lists operators with a one-line summary and the package
@@ -33,8 +35,9 @@ from .engines import ENGINES
 from .errors import EmbedflowError, PipelineError, UsageError
 from .models import allow_import
 from .operator import is_operator_class
-from .pipelines import preflight, read_pipeline, run_pipeline
+from .pipelines import preflight, read_pipeline, run_pipeline, serve_pipeline
 from .plan import signature_text
+from .serve import Limits
 from .views.layers import layer_table, model_and_sample
 
 
@@ -126,6 +129,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    pipeline = _read(args)
+    limits = Limits(max_items=args.max_items, max_bytes=args.max_bytes, timeout=args.timeout)
+    serve_pipeline(
+        pipeline,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_batch_tokens=args.max_batch_tokens or None,
+        max_queue=args.max_queue,
+        limits=limits,
+        files_root=args.files_root,
+        log_level="info" if args.verbose else "warning",
+    )
+    return 0
+
+
 def _cmd_layers(args: argparse.Namespace) -> int:
     if ":" in args.model:  # typed on the command line: the user trusts that module
         allow_import(args.model.partition(":")[0])
@@ -173,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
+
+    srv = sub.add_parser("serve", help="serve a pipeline over HTTP: requests from many clients batched together", parents=[files])
+    srv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0 picks a free one)")
+    srv.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the file's, else auto)")
+    srv.add_argument("--max-batch-size", type=int, default=64, help="rows per shared batch (default 64)")
+    srv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a row waits for company (default 5 ms)")
+    srv.add_argument("--max-batch-tokens", type=int, default=512, help="padded tokens per model batch, for text (default 512; 0: no cap)")
+    srv.add_argument("--max-queue", type=int, default=4096, help="rows waiting at most; more get 503 (default 4096)")
+    srv.add_argument("--max-items", type=int, default=2048, help="items per request at most (default 2048)")
+    srv.add_argument("--max-bytes", type=int, default=32 << 20, help="bytes per request at most (default 32 MiB)")
+    srv.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take (default 60)")
+    srv.add_argument("--files-root", help="a folder whose files requests may name by path (and the page shows); default none")
+    srv.add_argument("--verbose", action="store_true", help="log every request")
+    srv.set_defaults(func=_cmd_serve)
 
     layers = sub.add_parser("layers", help="list a model's layers and output shapes (names for layer=)", parents=[common])
     layers.add_argument("model", help="a timm architecture (resnet18) or an importable 'package.module:factory'")

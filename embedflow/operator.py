@@ -54,6 +54,9 @@ class Operator:
     threaded: ClassVar[bool] = True
     #: default batch size for batchable operators; the ``batch_size=`` option overrides it
     default_batch_size: ClassVar[int] = 32
+    #: True: a string input may be a file path that ``preprocess`` opens (image_decode). A
+    #: server then accepts such a column only as uploaded bytes or a path under its files root.
+    reads_files: ClassVar[bool] = False
 
     def setup(self, device: str) -> None:
         """Load weights or other state once per worker; default does nothing."""

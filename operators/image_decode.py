@@ -139,5 +139,7 @@ class ImageDecode(Operator):
     [[[7, 7, 7]]]
     """
 
+    reads_files = True  # a path input is opened here
+
     def preprocess(self, source: Any) -> np.ndarray:
         return decode_image(source)

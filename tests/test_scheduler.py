@@ -227,9 +227,9 @@ class Decode(ef.Operator):
 def test_cpu_models_leave_the_cores_to_torch(monkeypatch):
     import torch
 
-    from embedflow.engines.local import engine
+    from embedflow.engines import devices
 
-    monkeypatch.setattr(engine, "cpu_count", lambda: 8)
+    monkeypatch.setattr(devices, "cpu_count", lambda: 8)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:

@@ -21,6 +21,7 @@ from ..errors import ColumnError
 from ..io.files import ParquetSink
 from ..io.milvus import MilvusSink
 from ..io.sinks import ArrowSink, CollectSink, NumpySink, Sink, vector_column
+from ..serve import serve
 from ..views.display import html_table, text_table
 from ..views.projection import plot
 from .yaml_writer import collection_to_yaml
@@ -127,6 +128,19 @@ class Outputs:
             msg = "to_milvus() needs named rows: name the columns, e.g. ef.dc['text'](...)... ['text', 'vec']"
             raise ColumnError(msg)
         return self._run(MilvusSink(uri, collection, vector, fields, metric, key))
+
+    def serve(self, **options: Any) -> None:
+        """Serve this chain over HTTP until SIGTERM or Ctrl-C: each request's rows replace the
+        source, rows from concurrent requests share model batches (``POST /run``, and
+        ``POST /v1/embeddings`` when the chain maps one text to one vector). Options: ``host``,
+        ``port``, ``device``, ``max_batch_size``, ``max_wait_ms``, ``max_queue``, ``limits``,
+        ``files_root``, ``name``; needs ``pip install 'embedflow[serve]'``.
+
+        >>> import embedflow as ef
+        >>> callable(ef.dc["text"]([]).map["text", "n"](len).serve)
+        True
+        """
+        serve(self, **options)
 
     # ---- looking at it ---------------------------------------------------------------------
     def explain(self, analyze: bool = False) -> str:

@@ -170,11 +170,14 @@ class ModelBatcher:
         return out
 
     # ---- everything at once ------------------------------------------------------------------
-    def process(self, replica: Replica, numbers: Sequence[int], rows: list[Any]) -> Chunk:
+    def process(self, replica: Replica, numbers: Sequence[int], rows: list[Any], sizes: dict[int, int] | None = None) -> Chunk:
         """Prepare, cut, collate and forward ``rows`` in one call; the output in input order
         without the rows that failed under ``.safe()``. For engines that batch elsewhere (a
-        Ray actor gets a block of rows) and for requests gathered by a server."""
+        Ray actor gets a block of rows) and for requests gathered by a server; ``sizes``
+        receives each prepared row's size (its ``sort_key``: tokens, for text)."""
         prepared = [p for p in self.prepare(numbers, rows) if p is not SKIPPED]
+        if sizes is not None:
+            sizes.update((p[0], p[3]) for p in prepared)
         results: list[Any] = [SKIPPED] * len(prepared)
         for indexed in self.cut(list(enumerate(prepared)), lambda ip: ip[1][3]):
             group = [p for _i, p in indexed]

@@ -11,5 +11,6 @@ from __future__ import annotations
 from .checks import preflight
 from .runner import RunSummary, run_pipeline
 from .schema import Pipeline, SinkSpec, load_pipeline, read_pipeline
+from .serving import serve, serve_pipeline
 
-__all__ = ["Pipeline", "RunSummary", "SinkSpec", "load_pipeline", "preflight", "read_pipeline", "run_pipeline"]
+__all__ = ["Pipeline", "RunSummary", "SinkSpec", "load_pipeline", "preflight", "read_pipeline", "run_pipeline", "serve", "serve_pipeline"]

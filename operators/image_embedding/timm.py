@@ -44,6 +44,8 @@ class TimmImageEmbedding(Operator):
     image or an RGB array (as from ``image_decode``). Output: a float32 vector.
     """
 
+    reads_files = True  # a path input is opened here
+
     batchable = True
     default_batch_size = 16
 

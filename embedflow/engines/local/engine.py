@@ -18,7 +18,6 @@ this process.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPla
 from ...rows import read_inputs, write_outputs
 from ..base import Engine
 from ..batching import Replica
-from ..devices import autocast, resolve_devices
+from ..devices import autocast, default_workers, resolve_devices
 from ..failures import FailureLog
 from ..replicas import ready
 from ..stats import RunStats, StageStats
@@ -39,31 +38,6 @@ from .scheduler import END, Channel, Run
 
 MAX_CHUNK = 256
 CHANNEL_CHUNKS = 4  # chunks buffered between two stages
-
-
-def cpu_count() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return os.cpu_count() or 1
-
-
-def default_workers(cpu_models: bool) -> int:
-    """Threads for a preprocess pool when the step does not say ``workers=``.
-
-    All the cores when the models run elsewhere (a GPU); when a model runs on the CPU, torch's
-    intra-op threads already use the cores, so the pools get what is left, at least one
-    thread — decode threads plus torch threads should not exceed the cores. Measured on 2
-    cores (benchmarks/bench_images.py, resnet18): 2 decode threads beside torch's 2 gave
-    33 images/s, 1 gave 36.5.
-    """
-    cores = cpu_count()
-    if cpu_models:
-        import torch
-
-        return max(1, cores - torch.get_num_threads())
-    return cores
 
 
 def chunk_sizes() -> Iterator[int]:

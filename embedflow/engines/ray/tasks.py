@@ -8,7 +8,6 @@ registered only in the driver process, or a ``.map`` function, by value (cloudpi
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
@@ -19,7 +18,7 @@ from ...io.readers import BadRow, Part
 from ...models import allow_import
 from ...plan import Apply, ModelStage, Step
 from ..batching import ModelBatcher, Replica
-from ..devices import autocast, resolve_device
+from ..devices import autocast, cpu_count, resolve_device
 from ..failures import Failure
 from ..replicas import fresh
 from ..steps import run_cheap
@@ -104,8 +103,7 @@ class ModelActor:
             # shares them with the decode threads (measured: 1 thread halves MiniLM's speed)
             import torch
 
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores))
+            torch.set_num_threads(cpu_count())
         self.device = resolve_device(device)
         self.replica = Replica(self.device, fresh(self.stage.step, self.device), autocast(self.device, self.stage.dtype))
         self.key_column = key_column

@@ -1,0 +1,99 @@
+"""A physical plan run on one chunk of rows at a time, in the calling thread: the unit of work of
+a caller that gathers rows itself — the server's dynamic batches. Model stages go through the
+same batching routine as every engine (:class:`~embedflow.engines.batching.ModelBatcher`:
+sorted by length inside the chunk, cut by rows or tokens); per-item stages share a thread pool.
+
+>>> import embedflow as ef
+>>> from embedflow.plan import lower
+>>> runner = ChunkRunner(lower(ef.dc(["a", "bb"]).map(len).plan))
+>>> runner.run([0, 1], ["a", "bb"], FailureLog())
+([0, 1], [1, 2])
+>>> runner.close()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..errors import PlanError
+from ..plan import Apply, CheapStage, ModelStage, PhysicalPlan, PoolStage, Stage
+from ..rows import read_inputs, write_outputs
+from .batching import ModelBatcher, Replica
+from .devices import autocast, default_workers, resolve_devices
+from .failures import FailureLog
+from .replicas import ready
+from .steps import Chunk, Guard, drop_skipped, run_cheap
+
+
+class ChunkRunner:
+    """Runs ``physical``'s stages on chunks of rows; operators are built and models loaded
+    when it is created (one replica per model stage, on the stage's first device)."""
+
+    def __init__(self, physical: PhysicalPlan):
+        for stage in physical.stages:
+            if not isinstance(stage, (CheapStage, PoolStage, ModelStage)):
+                msg = f"a {type(stage).__name__.removesuffix('Stage').lower()} step needs the whole stream; it cannot run on rows gathered from requests"
+                raise PlanError(msg)
+        self.physical = physical
+        self.replicas = {id(s): self._replica(s) for s in physical.model_stages}
+        cpu_models = any(r.device == "cpu" for r in self.replicas.values())
+        self.pool = ThreadPoolExecutor(default_workers(cpu_models), thread_name_prefix="embedflow-chunk")
+        self.ops = {
+            id(step): op
+            for stage in physical.stages
+            for step in _steps(stage)
+            for _d, op in ready(step, ["cpu"])
+            if not isinstance(stage, ModelStage)
+        }
+
+    @staticmethod
+    def _replica(stage: ModelStage) -> Replica:
+        device = resolve_devices(stage.device)[0]
+        ((_d, op),) = ready(stage.step, [device])
+        return Replica(device, op, autocast(device, stage.dtype), device.startswith("cuda"))
+
+    def run(self, numbers: Sequence[int], rows: list[Any], failures: FailureLog, sizes: dict[int, int] | None = None) -> Chunk:
+        """The output of ``rows`` (with their source row numbers); failing rows are recorded in
+        ``failures`` under their step's policy. ``sizes`` receives each row's size in the last
+        model stage that sorts (its token count, for text)."""
+        chunk: Chunk = (list(numbers), rows)
+        for stage in self.physical.stages:
+            if isinstance(stage, CheapStage):
+                out_numbers: list[int] = []
+                out_rows: list[Any] = []
+                for n, r in run_cheap(stage.steps, self.ops, iter([chunk]), failures):
+                    out_numbers.extend(n)
+                    out_rows.extend(r)
+                chunk = (out_numbers, out_rows)
+            elif isinstance(stage, PoolStage):
+                chunk = self._pool(stage, chunk, failures)
+            else:
+                replica = self.replicas[id(stage)]
+                chunk = ModelBatcher(stage, replica.op, failures).process(replica, chunk[0], chunk[1], sizes if stage.sorts else None)
+        return chunk
+
+    def _pool(self, stage: PoolStage, chunk: Chunk, failures: FailureLog) -> Chunk:
+        step, op = stage.step, self.ops[id(stage.step)]
+        guard = Guard.of(step, failures)
+
+        def one(number: int, row: Any) -> Any:
+            try:
+                return write_outputs(row, step.inputs, step.outputs, op.preprocess(*read_inputs(row, step.inputs)))
+            except Exception as exc:  # noqa: BLE001 - the step's policy decides
+                return guard.handle(number, row, exc)
+
+        numbers = list(chunk[0])
+        return drop_skipped(numbers, list(self.pool.map(one, numbers, chunk[1])))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _steps(stage: Stage) -> tuple[Apply, ...]:
+    if isinstance(stage, CheapStage):
+        return tuple(s for s in stage.steps if isinstance(s, Apply))
+    if isinstance(stage, (PoolStage, ModelStage)):
+        return (stage.step,)
+    return ()

@@ -1,0 +1,200 @@
+"""The HTTP API of a served pipeline (FastAPI, from the ``serve`` extra).
+
+* ``POST /v1/embeddings`` — OpenAI-compatible, for pipelines that map one text to one vector;
+* ``POST /run`` — any pipeline: JSON rows in, JSON rows out (files as ``{"base64": ...}``, a
+  multipart upload, or a path under ``--files-root``);
+* ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /docs`` (the API's own page), and for a
+  search pipeline ``GET /`` — a page to try it (``GET /files/...`` serves thumbnails from the
+  files root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .page import page
+from .protocol import BadRequest, Shape, embedding_rows, encode_vector, item_failure, parse_json, response_row, run_rows
+from .service import QueueFull, Service
+
+try:  # the serve extra; FastAPI finds the Request parameter by this annotation
+    from fastapi import Request
+except ImportError:  # pragma: no cover - serve() says how to install it
+    Request = Any  # type: ignore[misc,assignment]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_items: int = 2048
+    max_bytes: int = 32 << 20
+    timeout: float = 60.0
+
+
+def _error(message: str, status: int, index: int | None = None, headers: dict[str, str] | None = None) -> Any:
+    from fastapi.responses import JSONResponse
+
+    kind = {
+        400: "invalid_request_error",
+        403: "permission_error",
+        413: "request_too_large",
+        422: "invalid_item",
+        503: "overloaded",
+        504: "timeout",
+    }.get(status, "server_error")
+    body: dict[str, Any] = {"message": message, "type": kind}
+    if index is not None:
+        body["index"] = index
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+async def _body(request: Any, limits: Limits) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
+        msg = f"the request has {declared} bytes; at most {limits.max_bytes} (the server's --max-bytes)"
+        raise BadRequest(msg, status=413)
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > limits.max_bytes:
+            msg = f"the request is larger than {limits.max_bytes} bytes (the server's --max-bytes)"
+            raise BadRequest(msg, status=413)
+    return body
+
+
+def create_app(service: Service, shape: Shape, limits: Limits | None = None, files_root: Path | None = None, model: str | None = None) -> Any:
+    """The ASGI application serving ``service``."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    limits = limits or Limits()
+    app = FastAPI(title=f"embedflow: {shape.name}", summary="A pipeline served over HTTP: rows in, rows out.")
+    metrics = service.metrics
+
+    async def answer(endpoint: str, work: Any) -> Any:
+        start, code = time.perf_counter(), 200
+        try:
+            return await work()
+        except BadRequest as exc:
+            code = exc.status
+            return _error(str(exc), exc.status, exc.index)
+        except QueueFull as exc:
+            code = 503
+            return _error(str(exc), 503, headers={"Retry-After": str(exc.retry_after)})
+        except (asyncio.TimeoutError, TimeoutError):
+            code = 504
+            return _error(f"the request took longer than {limits.timeout:g}s (the server's --timeout)", 504)
+        finally:
+            metrics.request(endpoint, code, time.perf_counter() - start)
+
+    async def run(rows: list[Any]) -> Any:
+        result = await service.submit(rows, limits.timeout)
+        if result.failures:
+            raise item_failure(result.failures)
+        return result
+
+    @app.post("/v1/embeddings", openapi_extra={"requestBody": {"content": {"application/json": {"schema": EMBEDDINGS_SCHEMA}}}})
+    async def embeddings(request: Request) -> Any:
+        """OpenAI-compatible embeddings of one text or a list of texts."""
+
+        async def work() -> Any:
+            payload = parse_json(await _body(request, limits))
+            result = await run(embedding_rows(payload, shape, limits.max_items))
+            encoding = payload.get("encoding_format", "float")
+            data = [
+                {"object": "embedding", "index": i, "embedding": encode_vector(row[shape.vector_output], encoding)}
+                for i, row in enumerate(result.rows)
+            ]
+            tokens = sum(result.sizes)
+            return JSONResponse(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": payload.get("model") or model or shape.name,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                }
+            )
+
+        return await answer("/v1/embeddings", work)
+
+    @app.post("/run", openapi_extra={"requestBody": {"content": {"application/json": {"schema": RUN_SCHEMA}}}})
+    async def run_rows_endpoint(request: Request) -> Any:
+        """Run the pipeline on rows: ``{"rows": [...]}``, or one row as a multipart form."""
+
+        async def work() -> Any:
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                payload = await _form_rows(request, limits)
+            else:
+                payload = parse_json(await _body(request, limits))
+            result = await run(run_rows(payload, shape, limits.max_items, files_root))
+            return JSONResponse({"rows": [response_row(row, shape) for row in result.rows]})
+
+        return await answer("/run", work)
+
+    _add_pages(app, service, shape, files_root)
+    return app
+
+
+def _add_pages(app: Any, service: Service, shape: Shape, files_root: Path | None) -> None:
+    """The GET routes: health, metrics, the page, and files for its thumbnails."""
+    from fastapi.responses import FileResponse, HTMLResponse, Response
+
+    @app.get("/health")
+    async def health() -> Any:
+        """Ready: the pipeline's models are loaded (the server listens only then)."""
+        return {"status": "ok", "pipeline": shape.name, "queued_rows": service.queued()}
+
+    @app.get("/metrics")
+    async def prometheus() -> Any:
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> Any:
+        return HTMLResponse(page(shape, files_root is not None))
+
+    @app.get("/files/{path:path}")
+    async def files(path: str) -> Any:
+        if files_root is None:
+            return _error("the server serves no files (start it with --files-root DIR)", 404)
+        target = (files_root / path).resolve()
+        if files_root not in target.parents or not target.is_file():
+            return _error(f"no file {path!r} under the files root", 404)
+        return FileResponse(target)
+
+
+async def _form_rows(request: Any, limits: Limits) -> dict[str, Any]:
+    """One row from a multipart form: uploaded files become bytes, other fields strings."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
+        msg = f"the request has {declared} bytes; at most {limits.max_bytes} (the server's --max-bytes)"
+        raise BadRequest(msg, status=413)
+    form = await request.form()
+    row: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        row[key] = await value.read() if hasattr(value, "read") else value
+    return {"rows": [row]}
+
+
+EMBEDDINGS_SCHEMA = {
+    "type": "object",
+    "required": ["input"],
+    "properties": {
+        "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "model": {"type": "string"},
+        "encoding_format": {"type": "string", "enum": ["float", "base64"], "default": "float"},
+    },
+}
+RUN_SCHEMA = {
+    "type": "object",
+    "required": ["rows"],
+    "properties": {
+        "rows": {
+            "type": "array",
+            "items": {"description": 'an object of the input columns; a file as {"base64": "..."} or a path under --files-root'},
+        }
+    },
+}
