@@ -42,6 +42,9 @@ LAZY_IMPORTS = {
     "torchvision",
     "contextlib",
     "numpy",
+    "fastapi",
+    "uvicorn",
+    "prometheus_client",
 }
 
 
