@@ -181,7 +181,10 @@ def main() -> int:
         "embedflow serve": [sys.executable, "-m", "embedflow", "serve", "pipelines/text_embedding.yaml", "--port", "0"],
         "hand-written FastAPI + SentenceTransformer.encode([text])": [sys.executable, str(HERE / "serve_baseline.py"), "--port", "0"],
     }
-    infinity_note = "infinity-emb was not run: see the note in benchmarks/RESULTS.md"
+    infinity_note = (
+        "infinity-emb 0.0.78 (the current release) was not run: it requires numpy<2, sentence-transformers<4, transformers<=5.0 and "
+        "uvicorn<0.33, which conflict with this project's stack (numpy 2, sentence-transformers 6.2, transformers 5.24)"
+    )
     offline, forward_ms = floors(texts)
     rows, results = [], {}
     for name, command in systems.items():
