@@ -12,8 +12,10 @@ others wait and reuse the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -27,25 +29,34 @@ from embedflow.models import cache_dir
 
 BACKENDS = ("auto", "torch", "onnx")
 INSTALL_HINT = "backend='onnx' needs ONNX Runtime, which is not installed: pip install 'embedflow[onnx]'"
-OPSET = 17
+OPSET = 18
 
 
 def check_backend(op: str, backend: str) -> str:
+    """``backend`` if it is valid and can run here (``onnx`` needs the onnx extra)."""
     if backend not in BACKENDS:
         msg = f"{op}: backend={backend!r} is not one of {', '.join(map(repr, BACKENDS))}"
         raise ValueError(msg)
+    if backend == "onnx" and not available():
+        raise ValueError(f"{op}: {INSTALL_HINT}")
     return backend
 
 
 def available() -> bool:
-    """Whether ONNX Runtime (and onnx, for exporting) are installed."""
-    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    """Whether ONNX Runtime and the exporter's packages (onnx, onnxscript) are installed."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript"))
+    except (ImportError, ValueError):  # a module set to None in sys.modules: not importable
+        return False
 
 
 def choose_backend(backend: str, device: str, measured: bool) -> str:
     """The backend a step runs: ``auto`` is ONNX Runtime on the CPU for a model family measured
     faster there (and only when it is installed), else torch; ``onnx`` needs it installed."""
     if backend == "auto":
+        forced = os.environ.get("EMBEDFLOW_BACKEND", "auto")  # a process-wide choice for "auto"
+        if forced in ("torch", "onnx"):
+            return choose_backend(forced, device, measured)
         return "onnx" if device == "cpu" and measured and available() else "torch"
     if backend == "onnx":
         if not available():
@@ -84,8 +95,9 @@ def notice(message: str) -> None:
         print(f"embedflow: {message}", file=sys.stderr, flush=True)
 
 
-def exported(key: str, label: str, export: Callable[[Path], None]) -> Path:
-    """The cached ONNX file for ``key``, made by ``export(path)`` the first time."""
+def exported(key: str, label: str, export: Callable[[Path], None], verify: Callable[[Path], None]) -> Path:
+    """The cached ONNX file for ``key``: made by ``export(path)`` and checked by
+    ``verify(path)`` the first time, then renamed into the cache."""
     from filelock import FileLock
 
     folder = cache_dir() / "onnx" / key
@@ -101,11 +113,46 @@ def exported(key: str, label: str, export: Callable[[Path], None]) -> Path:
         tmp = folder / f"model.{os.getpid()}.tmp.onnx"
         try:
             export(tmp)
+            verify(tmp)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
         notice(f"exported {label} in {time.perf_counter() - start:.1f}s")
     return target
+
+
+def export_module(module: Any, example: tuple[Any, ...], path: Path, names: list[str], dynamic: dict[str, dict[int, str]]) -> None:
+    """``module`` to ONNX with torch's exporter (torch.export: shapes stay symbolic, so a padded
+    batch of any size computes what torch computes); ``dynamic`` names each input's dynamic axes."""
+    import torch
+
+    dims: dict[str, Any] = {}
+    shapes = tuple({axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in dynamic[name].items()} for name in names)
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter prints its progress
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            dynamo=True,
+            input_names=names,
+            output_names=["output"],
+            dynamic_shapes=shapes,
+            opset_version=OPSET,
+            external_data=False,
+        )
+
+
+def optimize_transformer(path: Path, model_type: str) -> bool:
+    """Fuse a transformer's layer norms, GELUs and biases with ONNX Runtime's transformer
+    optimizer, in place, for the model types it knows (``bert``, ``vit``, ``clip``, …); ``False``
+    where it does not know the type. Level 1 only: the fusions are exact and portable."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+
+    if model_type not in MODEL_TYPES:
+        return False
+    with contextlib.redirect_stdout(io.StringIO()):
+        optimize_model(str(path), model_type=model_type, opt_level=1).save_model_to_file(str(path))
+    return True
 
 
 class Session:
@@ -119,6 +166,7 @@ class Session:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = path
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -126,13 +174,46 @@ class Session:
         return self.session.run(None, {name: arrays[name] for name in self.inputs})
 
 
-def check_export(session: Session, arrays: dict[str, Any], expected: Any, label: str) -> None:
-    """Refuse an export whose outputs differ from torch's on a padded batch (a traced export
-    can freeze shapes and silently compute something else)."""
+def quantize_int8(path: Path) -> None:
+    """Dynamic int8 weights, per channel, on the MatMuls, in place — except the feed-forward
+    MatMuls (weights hidden x 4·hidden), whose outlier activations int8 cannot hold: min cosine
+    0.995 vs fp32 on MiniLM where quantizing them too gave 0.976 (benchmarks/bench_quantize.py)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    feed_forward = [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and any(len(d) == 2 and max(d) == 4 * min(d) for d in (shapes[x] for x in node.input if x in shapes))
+    ]
+    target = path.with_suffix(".int8.onnx")
+    quantize_dynamic(
+        str(path), str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"], nodes_to_exclude=feed_forward
+    )
+    os.replace(target, path)
+
+
+def check_export(path: Path, arrays: dict[str, Any], expected: Any, label: str, mask: Any = None, min_cosine: float | None = None) -> None:
+    """Refuse an export whose output differs from torch's (on a padded batch for text: the real
+    tokens are compared, ``mask``), before it is cached; a quantized one is held to
+    ``min_cosine`` between mean-pooled vectors instead."""
     import numpy as np
 
-    got = session(arrays)[0]
-    error = float(np.abs(got - expected).max())
+    got = Session(path, threads=1)(arrays)[0]
+    if min_cosine is not None:
+        weights = mask if mask is not None else np.ones(got.shape[:-1] + (1,), got.dtype)
+        a, b = (got * weights).sum(1), (expected * weights).sum(1)
+        cosine = float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+        if cosine < min_cosine:
+            msg = f"{label}: the quantized export reaches cosine {cosine:.4f} against torch (< {min_cosine}); use quantize=None for this model"
+            raise RuntimeError(msg)
+        return
+    diff = np.abs(got - expected)
+    if mask is not None:
+        diff = diff * mask
+    error = float(diff.max())
     if error > 1e-3:
-        msg = f"{label}: the ONNX export differs from torch by {error:.3g} on a padded batch; use backend='torch' for this model"
+        msg = f"{label}: the ONNX export differs from torch by {error:.3g}; use backend='torch' for this model"
         raise RuntimeError(msg)

@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# backend="auto" would export every BERT the tests build to ONNX; the suite runs torch unless a
+# test asks for another backend (tests/operators/test_onnx.py checks what "auto" picks)
+os.environ.setdefault("EMBEDFLOW_BACKEND", "torch")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

@@ -45,6 +45,9 @@ LAZY_IMPORTS = {
     "fastapi",
     "uvicorn",
     "prometheus_client",
+    "onnxruntime",
+    "onnx",
+    "onnxscript",
 }
 
 

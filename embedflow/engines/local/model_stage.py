@@ -57,6 +57,12 @@ class Reorder:
         return len(self.pending)
 
 
+def _backend(replica: Replica) -> str:
+    """``, onnx`` when an operator says which backend it runs (``backend_used``)."""
+    used = getattr(replica.op, "backend_used", None)
+    return f", {used}" if used else ""
+
+
 class ModelStageThreads:
     """The threads of one model stage (see the module docstring)."""
 
@@ -84,7 +90,7 @@ class ModelStageThreads:
         self.s_prep = run.stage_stats(f"{name} preprocess ({workers} threads)")
         self.s_prep.note = "busy summed over threads"
         self.s_batch = run.stage_stats(f"{name} batch+collate (batch_size={size}{', sorted' if stage.sorts else ''})")
-        self.s_fwd = [run.stage_stats(f"{name} forward [{r.device}]") for r in replicas]
+        self.s_fwd = [run.stage_stats(f"{name} forward [{r.device}{_backend(r)}]") for r in replicas]
         self.s_out = run.stage_stats(f"{name} {'reorder' if stage.ordered else 'collect (as finished)'}")
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"embedflow-{name}")
         run.cleanups.append(lambda: self.pool.shutdown(wait=True, cancel_futures=True))

@@ -1,0 +1,174 @@
+"""backend="onnx": the same vectors as torch (padded batches of mixed length, layer=), one
+export shared by every later use and by processes exporting at once, a clear message without
+the extra, and explain(analyze=True) says which backend ran."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import embedflow as ef
+from embedflow.engines.replicas import cached
+
+from ..conftest import ROOT, requires
+
+requires("onnxruntime", "onnx")
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TEXTS = ["x", "a short one", "a much longer sentence that the shorter ones are padded to, with many more tokens in it", "", "ünïcödé text ✓"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A small random BERT saved as a folder (no hub): 2 layers, 32 wide."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(ef.resolve_model(MINILM)).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("options", [{}, {"layer": -2}, {"pooling": "cls"}, {"pooling": "none"}])
+def test_text_onnx_equals_torch_on_padded_batches(tiny_bert, options):
+    def run(backend):
+        return ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend=backend, batch_size=5, **options).to_list()
+
+    for got, want in zip(run("onnx"), run("torch")):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_minilm_onnx_equals_sentence_transformers(sample_texts, monkeypatch):
+    monkeypatch.delenv("EMBEDFLOW_BACKEND")
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(ef.resolve_model(MINILM)), device="cpu")
+    want = st.encode(sample_texts, normalize_embeddings=True)
+    chain = ef.dc(sample_texts).text_embedding.transformers(model_name=MINILM).normalize()  # auto: ONNX Runtime
+    got = chain.to_numpy()
+    assert float((got * want).sum(1).min()) >= 0.99999
+    assert "forward [cpu, onnx]" in chain.explain(analyze=True)
+
+
+def test_images_onnx_equals_torch(tmp_path, sample_images):
+    import timm
+
+    torch.manual_seed(0)
+    path = tmp_path / "r18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    options = {"model_name": "resnet18", "pretrained": False, "checkpoint_path": str(path), "batch_size": 4}
+    onnx = ef.dc(sample_images[:5]).image_embedding.timm(backend="onnx", **options).to_numpy()
+    plain = ef.dc(sample_images[:5]).image_embedding.timm(backend="torch", **options).to_numpy()
+    np.testing.assert_allclose(onnx, plain, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ef.ParameterError, match="layer= needs backend='torch'"):
+        ef.dc([1]).image_embedding.timm(backend="onnx", layer="layer3", **options)
+
+
+def test_a_later_use_reuses_the_export(tiny_bert, capfd):
+    first = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx", layer=-1)
+    first.to_list()
+    assert "exporting" in capfd.readouterr().err
+    again = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx", layer=-1)
+    again.to_list()
+    assert "exporting" not in capfd.readouterr().err  # the cached file served it
+
+
+def backend_used(chain):
+    chain.to_list()
+    return cached(chain.plan.steps[0])["cpu"].backend_used
+
+
+def test_auto_picks_onnx_for_bert_on_the_cpu_and_the_environment_can_decide(tiny_bert, monkeypatch, sample_images):
+    monkeypatch.delenv("EMBEDFLOW_BACKEND")
+    assert backend_used(ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert)) == "onnx"  # measured 1.43x torch
+    assert backend_used(ef.dc(sample_images[:1]).image_embedding.timm(model_name="resnet18", pretrained=False)) == "onnx"  # 1.27x
+    assert (
+        backend_used(ef.dc(sample_images[:1]).image_embedding.timm(model_name="mobilenetv3_small_050", pretrained=False)) == "torch"
+    )  # not measured
+    monkeypatch.setenv("EMBEDFLOW_BACKEND", "torch")
+    assert backend_used(ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert)) == "torch"
+    monkeypatch.setenv("EMBEDFLOW_BACKEND", "onnx")
+    assert backend_used(ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="torch")) == "torch"  # an explicit choice wins
+
+
+@pytest.mark.slow
+def test_ray_actors_run_the_onnx_backend(tiny_bert):
+    ray = requires("ray", "ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        chain = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx", batch_size=2)
+        on_ray = chain.set_engine("ray").to_numpy()
+    finally:
+        ray.shutdown()
+    np.testing.assert_allclose(
+        on_ray, ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="torch").to_numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_the_server_runs_the_onnx_backend(tiny_bert, tmp_path):
+    httpx = requires("httpx", "test")
+    requires("fastapi", "serve")
+    code = f"import embedflow as ef\nef.dc['text']([]).text_embedding.transformers['text', 'vec'](model_name={tiny_bert!r}, backend='onnx').serve(port=0)\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE, text=True, env={**os.environ, "EMBEDFLOW_PROGRESS": "0"}
+    )
+    try:
+        line = ""
+        while "serving" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None
+        url = re.search(r"(http://\S+)", line).group(1)
+        got = httpx.post(url + "/v1/embeddings", json={"input": TEXTS[:3]}, timeout=60).json()["data"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    want = ef.dc(TEXTS[:3]).text_embedding.transformers(model_name=tiny_bert, backend="torch").to_numpy()
+    np.testing.assert_allclose(np.array([d["embedding"] for d in got]), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_exporting_at_once_export_once(tiny_bert, tmp_path):
+    code = textwrap.dedent(f"""
+        import numpy as np, embedflow as ef
+        vecs = ef.dc({TEXTS!r}).text_embedding.transformers(model_name={tiny_bert!r}, backend="onnx", pooling="max").to_numpy()
+        np.save({str(tmp_path)!r} + "/" + __import__("os").environ["WHO"] + ".npy", vecs)
+    """)
+    env = {**os.environ, "EMBEDFLOW_CACHE": str(tmp_path / "cache"), "EMBEDFLOW_PROGRESS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env={**env, "WHO": who}, cwd=ROOT, stderr=subprocess.PIPE, text=True) for who in ("a", "b")
+    ]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs
+    assert sum(err.count("to ONNX, once") for err in errs) == 1  # one exported, the other waited and reused it
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    assert len(list((tmp_path / "cache" / "onnx").glob("*/model.onnx"))) == 1
+
+
+def test_without_the_extra_the_message_says_how_to_install():
+    code = "import sys; sys.modules['onnxruntime'] = None\nimport embedflow as ef\ntry:\n    ef.dc(['a']).text_embedding.transformers(model_name='m', backend='onnx')\nexcept ef.ParameterError as e:\n    print(e)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("backend='onnx' needs ONNX Runtime, which is not installed: pip install 'embedflow[onnx]'")
+
+
+def test_int8_stays_close_to_fp32_and_needs_onnx_runtime(tiny_bert):
+    full = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx").normalize().to_numpy()
+    chain = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, quantize="int8").normalize()
+    int8 = chain.to_numpy()
+    assert cached(chain.plan.steps[0])["cpu"].backend_used == "onnx"
+    assert 0.99 <= float((full * int8).sum(1).min()) < 0.999999  # close, and really quantized
+    with pytest.raises(ef.ParameterError, match="quantize='int8' runs on ONNX Runtime: use backend='onnx'"):
+        ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="torch", quantize="int8")
+    with pytest.raises(ef.ParameterError, match="quantize='int4' is not None or 'int8'"):
+        ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, quantize="int4")
