@@ -20,7 +20,7 @@ from .errors import (
 )
 from .models import allow_import, resolve_model
 from .operator import Operator
-from .pipelines import load_pipeline, serve
+from .pipelines import load_pipeline, pipeline, serve
 from .registry import get_operator, list_operators, register
 
 __version__ = "0.1.0"
@@ -43,6 +43,7 @@ __all__ = [
     "glob",
     "list_operators",
     "load_pipeline",
+    "pipeline",
     "read_csv",
     "read_jsonl",
     "read_parquet",

@@ -7,6 +7,7 @@
   serves the pipeline over HTTP (``POST /v1/embeddings``, ``POST /run``; see :mod:`embedflow.serve`);
 * ``embedflow explain FILE`` prints its plan; ``embedflow validate FILE`` checks it (operators,
   parameters, inputs, the output folder) without loading a model;
+* ``embedflow pipelines`` lists the pipelines known by name (any FILE above may be a name);
 * ``embedflow ops [PATTERN]`` lists operators with a one-line summary and the package
   providing each; ``embedflow ops NAME`` shows one operator's parameters and documentation.
 
@@ -35,7 +36,7 @@ from .engines import ENGINES
 from .errors import EmbedflowError, PipelineError, UsageError
 from .models import allow_import
 from .operator import is_operator_class
-from .pipelines import preflight, read_pipeline, run_pipeline, serve_pipeline
+from .pipelines import pipelines, preflight, read_pipeline, run_pipeline, serve_pipeline
 from .plan import signature_text
 from .serve import Limits
 from .views.layers import layer_table, model_and_sample
@@ -166,12 +167,22 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipelines(args: argparse.Namespace) -> int:
+    known = pipelines()
+    width = max(map(len, known))
+    for name in sorted(known):
+        entry = known[name]
+        print(f"{name:<{width}}  {entry.description}" + (f"  (from {entry.origin})" if entry.origin != "embedflow" else ""))
+    print("\nrun one by name: embedflow run NAME --param k=v; in Python: ef.pipeline(NAME)(item)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``embedflow`` command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--traceback", action="store_true", help="print the full traceback of an error (also: EMBEDFLOW_DEBUG=1)")
     files = argparse.ArgumentParser(add_help=False, parents=[common])
-    files.add_argument("file", help="the pipeline YAML file")
+    files.add_argument("file", help="the pipeline YAML file, or a pipeline name (embedflow pipelines lists them)")
     files.add_argument("--param", action="append", default=[], metavar="K=V", help="override a parameter (repeatable)")
     files.add_argument(
         "--allow-import",
@@ -186,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     ops = sub.add_parser("ops", help="list operators, or show one operator's parameters", parents=[common])
     ops.add_argument("pattern", nargs="?", help="an operator name, a prefix, or a glob such as 'image_*'")
     ops.set_defaults(func=_cmd_ops)
+
+    named = sub.add_parser("pipelines", help="list the pipelines known by name (bundled and published by packages)", parents=[common])
+    named.set_defaults(func=_cmd_pipelines)
 
     run = sub.add_parser("run", help="run a pipeline file to its sink (resumes an interrupted run)", parents=[files])
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the file's, else auto)")

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -128,7 +129,8 @@ def export_module(module: Any, example: tuple[Any, ...], path: Path, names: list
 
     dims: dict[str, Any] = {}
     shapes = tuple({axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in dynamic[name].items()} for name in names)
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter prints its progress
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), warnings.catch_warnings():  # the exporter prints its progress
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)  # about its own axis names
         torch.onnx.export(
             module,
             example,

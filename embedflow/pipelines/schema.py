@@ -32,6 +32,7 @@ from .. import registry
 from ..dsl import DataCollection, readers
 from ..errors import EmbedflowError, PipelineError, did_you_mean
 from ..plan import EXECUTION_OPTIONS, check_device
+from .catalog import resolve
 from .yaml_loader import LineDict, load_yaml_file
 
 TOP_KEYS = ("name", "description", "params", "source", "steps", "sink", "on_error", "device")
@@ -149,11 +150,13 @@ def _substitute(value: Any, params: dict[str, Any], where: str) -> Any:
 
 # --------------------------------------------------------------------------- reading
 def read_pipeline(path: str | Path, **overrides: Any) -> Pipeline:
-    """Parse and validate a pipeline file; ``overrides`` replace its params' defaults.
+    """Parse and validate a pipeline file (or a named one: ``embedflow pipelines`` lists them);
+    ``overrides`` replace its params' defaults.
 
     String overrides are read as YAML scalars (``"32"`` becomes 32). Operators and their
     parameters are checked here, before anything runs.
     """
+    path = resolve(path)  # a name ("text-embedding") or a file
     doc = load_yaml_file(path)
     file = str(path)
     if not isinstance(doc, LineDict):
