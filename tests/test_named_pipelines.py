@@ -5,6 +5,7 @@ published pipelines, and works from an installed wheel outside the repository.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -108,8 +109,14 @@ def test_the_command_line_runs_a_pipeline_by_name(tmp_path):
 
 @pytest.mark.slow
 def test_a_wheel_installed_outside_the_repository_has_the_named_pipelines(tmp_path):
+    source = tmp_path / "src"  # a copy: building in place would leave build/ and a stale egg-info in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("embedflow", "operators"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(ROOT)], check=True
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)], check=True
     )
     (wheel,) = (tmp_path / "dist").glob("embedflow-*.whl")
     assert "embedflow/pipelines/bundled/text_embedding.yaml" in zipfile.ZipFile(wheel).namelist()

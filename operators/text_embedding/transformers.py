@@ -33,6 +33,8 @@ from .._onnx import (
     optimize_transformer,
     quantize_int8,
 )
+from ..quantize import check_precision
+from ..quantize import quantize as quantize_vectors
 
 # Model families for which ONNX Runtime was measured faster than torch on the CPU at parity
 # by at least 1.2x (benchmarks/bench_text.py, MiniLM: see RESULTS.md): backend="auto" picks it
@@ -59,15 +61,27 @@ class TransformersTextEmbedding(Operator):
             ``-2`` the one before it).
         return_tokens: with ``pooling="none"``, return ``(token_matrix, tokens)`` — write it to
             two columns (``out: [vec, tokens]``) to keep the tokens beside their vectors.
+        return_token_ids: with ``pooling="none"``, the token ids too: ``(matrix, ids)``, or
+            ``(matrix, tokens, ids)`` with ``return_tokens``.
+        prompt: a prefix put before every text, as sentence-transformers' ``prompt=``
+            (``"query: "`` for E5, ``"Represent this sentence for searching relevant passages: "``
+            for BGE queries); its tokens count towards the length limit.
+        truncate_dim: keep the first N dimensions (Matryoshka models), before ``normalize``.
+        normalize: L2-normalise the vectors here (as ``normalize_embeddings=True``; needed before
+            ``precision`` for cosine search). ``.normalize()`` after the step does the same.
+        precision: ``"float32"`` (default), ``"int8"``, ``"uint8"``, ``"binary"`` or
+            ``"ubinary"`` with sentence-transformers' ``quantize_embeddings`` semantics; int8 and
+            uint8 need ``calibration=`` (embeddings or a .npy file) or ``ranges=`` (2 x dim).
         backend: ``"torch"``, ``"onnx"`` (ONNX Runtime on the CPU: the model is exported once,
             checked against torch and cached under ``$EMBEDFLOW_CACHE/onnx``; needs
             ``pip install 'embedflow[onnx]'``) or ``"auto"`` (default): ONNX Runtime on the CPU
             for the model families measured >= 1.2x faster there (BERT), when installed; torch
             otherwise. ``EMBEDFLOW_BACKEND=torch`` (or ``onnx``) decides ``auto`` for a process.
-        quantize: ``"int8"`` for int8 weights on ONNX Runtime (dynamic, per channel; the
+        quantize_weights: ``"int8"`` for int8 weights on ONNX Runtime (dynamic, per channel; the
             feed-forward layers stay fp32): MiniLM 1.18x faster than fp32 ONNX at min cosine
             0.995 against fp32 (benchmarks/bench_quantize.py); the export is refused if the
             cosine on a check batch falls under 0.99. ``None`` (default): full precision.
+            (This is the model's weights; ``precision=`` is the output vectors'.)
 
     Each result is a float32 numpy array: shape ``(hidden,)``, or ``(tokens, hidden)`` for
     ``pooling="none"``. Not normalised: add ``.normalize()`` for cosine similarity (it then
@@ -86,7 +100,14 @@ class TransformersTextEmbedding(Operator):
         layer: int | None = None,
         return_tokens: bool = False,
         backend: str = "auto",
-        quantize: str | None = None,
+        quantize_weights: str | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
+        normalize: bool = False,
+        precision: str = "float32",
+        ranges: Any = None,
+        calibration: Any = None,
+        return_token_ids: bool = False,
     ):
         if not isinstance(model_name, str) or not model_name:
             msg = f"text_embedding.transformers: model_name={model_name!r} must be a hub id or a folder path"
@@ -100,17 +121,27 @@ class TransformersTextEmbedding(Operator):
         if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
             msg = f"text_embedding.transformers: layer={layer!r} must be a hidden-state index such as -2"
             raise ValueError(msg)
-        if return_tokens and pooling != "none":
-            msg = "text_embedding.transformers: return_tokens=True needs pooling='none' (one vector per token)"
+        if (return_tokens or return_token_ids) and pooling != "none":
+            which = "return_tokens" if return_tokens else "return_token_ids"
+            msg = f"text_embedding.transformers: {which}=True needs pooling='none' (one vector per token)"
             raise ValueError(msg)
+        if truncate_dim is not None and (not isinstance(truncate_dim, int) or isinstance(truncate_dim, bool) or truncate_dim < 1):
+            msg = f"text_embedding.transformers: truncate_dim={truncate_dim!r} must be a positive integer such as 256"
+            raise ValueError(msg)
+        self.ranges = check_precision("text_embedding.transformers", precision, ranges, calibration)
+        if precision != "float32" and pooling == "none":
+            msg = f"text_embedding.transformers: precision={precision!r} needs one vector per text; with pooling='none' use precision='float32'"
+            raise ValueError(msg)
+        self.prompt, self.truncate_dim, self.normalize, self.precision = prompt or None, truncate_dim, bool(normalize), precision
+        self.return_token_ids = bool(return_token_ids)
         self.backend = check_backend("text_embedding.transformers", backend)
-        if quantize not in (None, "int8"):
-            msg = f"text_embedding.transformers: quantize={quantize!r} is not None or 'int8'"
+        if quantize_weights not in (None, "int8"):
+            msg = f"text_embedding.transformers: quantize_weights={quantize_weights!r} is not None or 'int8'"
             raise ValueError(msg)
-        if quantize and backend == "torch":
-            msg = "text_embedding.transformers: quantize='int8' runs on ONNX Runtime: use backend='onnx' (or 'auto')"
+        if quantize_weights and backend == "torch":
+            msg = "text_embedding.transformers: quantize_weights='int8' runs on ONNX Runtime: use backend='onnx' (or 'auto')"
             raise ValueError(msg)
-        self.quantize = quantize
+        self.quantize_weights = quantize_weights
         self.layer = layer
         self.return_tokens = bool(return_tokens)
         self.model_name = model_name
@@ -145,7 +176,7 @@ class TransformersTextEmbedding(Operator):
         self.pad_id = int(tokenizer.pad_token_id)
         self._fast = self._private_fast_tokenizer()
         self.encoder = _hidden_states_module()(self.model, self.layer).eval()
-        backend = "onnx" if self.quantize else self.backend  # int8 weights exist only on ONNX Runtime
+        backend = "onnx" if self.quantize_weights else self.backend  # int8 weights exist only on ONNX Runtime
         self.backend_used = choose_backend(backend, device, measured=model.config.model_type in ONNX_MEASURED)
         if self.backend_used == "onnx":
             self.session = self._onnx_session(source)
@@ -154,7 +185,7 @@ class TransformersTextEmbedding(Operator):
         """The model exported to ONNX (once; cached) and opened with ONNX Runtime."""
         import torch
 
-        options = {"layer": self.layer, "inputs": self.input_names, "attention": "eager", "fused": True, "quantize": self.quantize}
+        options = {"layer": self.layer, "inputs": self.input_names, "attention": "eager", "fused": True, "quantize": self.quantize_weights}
         key = cache_key(kind="text", model=self.model_name, files=files_of(source), **options)
         if hasattr(self.model, "set_attn_implementation"):  # written-out attention: ONNX Runtime fuses it, SDPA it does not
             self.model.set_attn_implementation("eager")
@@ -167,14 +198,14 @@ class TransformersTextEmbedding(Operator):
         def export(path: Any) -> None:
             export_module(encoder, tuple(arrays[n] for n in names), path, names, dynamic)
             optimize_transformer(path, model_type)
-            if self.quantize:
+            if self.quantize_weights:
                 quantize_int8(path)
 
         def verify(path: Any) -> None:
             with torch.no_grad():
                 expected = encoder(*(arrays[n] for n in names)).numpy()
             mask = arrays["attention_mask"].numpy()[..., None]
-            check_export(path, {k: v.numpy() for k, v in arrays.items()}, expected, self.model_name, mask, 0.99 if self.quantize else None)
+            check_export(path, {k: v.numpy() for k, v in arrays.items()}, expected, self.model_name, mask, 0.99 if self.quantize_weights else None)
 
         path = exported(key, self.model_name, export, verify)
         self.model = self.encoder = None  # ONNX Runtime holds the weights now
@@ -210,6 +241,8 @@ class TransformersTextEmbedding(Operator):
         if not isinstance(text, str):
             msg = f"text_embedding.transformers expects a str, got {type(text).__name__}: {text!r:.60}"
             raise TypeError(msg)
+        if self.prompt:
+            text = self.prompt + text
         if self._fast is not None:
             enc = self._fast.encode(text)
             item = {"input_ids": enc.ids, "attention_mask": enc.attention_mask}
@@ -225,6 +258,8 @@ class TransformersTextEmbedding(Operator):
         texts = [args[0] for args in inputs]
         if self._fast is None or not all(isinstance(t, str) for t in texts):
             return [self.preprocess(t) for t in texts]
+        if self.prompt:
+            texts = [self.prompt + t for t in texts]
         with_types = "token_type_ids" in self.input_names
         out = []
         for enc in self._fast.encode_batch(texts):
@@ -273,15 +308,26 @@ class TransformersTextEmbedding(Operator):
         last = mask.sum(1) - 1  # "last": the last real token (padding is on the right)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
-    def postprocess(self, output: Any) -> list[np.ndarray]:
+    def postprocess(self, output: Any) -> list[Any]:
+        """Per text: the pooled vector — cut to ``truncate_dim``, normalised, quantized, in
+        sentence-transformers' order — or the token matrix (with its tokens and/or ids)."""
         if self.pooling == "none":
             hidden, mask, ids = output
-            matrices = [h[m.bool()].float().numpy() for h, m in zip(hidden, mask)]
-            if not self.return_tokens:
-                return matrices
-            tokens = [self.tokenizer.convert_ids_to_tokens(i[m.bool()].tolist()) for i, m in zip(ids, mask)]
-            return list(zip(matrices, tokens))
-        return list(output.float().numpy())
+            matrices = [self._finish(h[m.bool()].float().numpy()) for h, m in zip(hidden, mask)]
+            extras = []
+            if self.return_tokens:
+                extras.append([self.tokenizer.convert_ids_to_tokens(i[m.bool()].tolist()) for i, m in zip(ids, mask)])
+            if self.return_token_ids:
+                extras.append([i[m.bool()].tolist() for i, m in zip(ids, mask)])
+            return list(zip(matrices, *extras)) if extras else matrices
+        return list(quantize_vectors(self._finish(output.float().numpy()), self.precision, self.ranges))
+
+    def _finish(self, vectors: np.ndarray) -> np.ndarray:
+        if self.truncate_dim is not None:
+            vectors = vectors[..., : self.truncate_dim]
+        if self.normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+        return vectors
 
 
 @functools.cache

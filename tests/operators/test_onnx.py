@@ -164,11 +164,11 @@ def test_without_the_extra_the_message_says_how_to_install():
 
 def test_int8_stays_close_to_fp32_and_needs_onnx_runtime(tiny_bert):
     full = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx").normalize().to_numpy()
-    chain = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, quantize="int8").normalize()
+    chain = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, quantize_weights="int8").normalize()
     int8 = chain.to_numpy()
     assert cached(chain.plan.steps[0])["cpu"].backend_used == "onnx"
     assert 0.99 <= float((full * int8).sum(1).min()) < 0.999999  # close, and really quantized
-    with pytest.raises(ef.ParameterError, match="quantize='int8' runs on ONNX Runtime: use backend='onnx'"):
-        ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="torch", quantize="int8")
-    with pytest.raises(ef.ParameterError, match="quantize='int4' is not None or 'int8'"):
-        ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, quantize="int4")
+    with pytest.raises(ef.ParameterError, match="quantize_weights='int8' runs on ONNX Runtime: use backend='onnx'"):
+        ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="torch", quantize_weights="int8")
+    with pytest.raises(ef.ParameterError, match="quantize_weights='int4' is not None or 'int8'"):
+        ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, quantize_weights="int4")
