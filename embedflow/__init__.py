@@ -18,12 +18,14 @@ from .errors import (
     PlanError,
     UnknownOperatorError,
 )
+from .io.vector_index import VectorIndex
 from .models import allow_import, resolve_model
 from .operator import Operator
 from .pipelines import load_pipeline, pipeline, serve
 from .registry import get_operator, list_operators, register
 
 __version__ = "0.1.0"
+load_index = VectorIndex.load  # ef.load_index("photos.parquet"): an index saved by VectorIndex.save or a parquet sink
 
 __all__ = [
     "ColumnError",
@@ -36,12 +38,14 @@ __all__ = [
     "PipelineError",
     "PlanError",
     "UnknownOperatorError",
+    "VectorIndex",
     "__version__",
     "allow_import",
     "dc",
     "get_operator",
     "glob",
     "list_operators",
+    "load_index",
     "load_pipeline",
     "pipeline",
     "read_csv",

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..engines import RunStats, execute, stream
 from ..errors import ColumnError
-from ..io.files import ParquetSink
+from ..io.files import ParquetSink, plain_value
 from ..io.milvus import MilvusSink
 from ..io.sinks import ArrowSink, CollectSink, NumpySink, Sink, vector_column
+from ..io.vector_index import VectorIndex
 from ..serve import serve
 from ..views.display import html_table, text_table
 from ..views.projection import plot
@@ -103,6 +104,30 @@ class Outputs:
             msg = "to_pandas() needs pandas, which is not installed: pip install pandas (or use to_arrow())"
             raise ImportError(msg) from exc
         return self.to_arrow().to_pandas()
+
+    def to_index(self, vector: str | None = None, fields: list[str] | None = None, metric: str = "cosine") -> VectorIndex:
+        """Run the plan and keep the vectors in memory as an index for exact nearest-neighbour
+        search (``index.search(queries, limit)``, or a ``nearest(index=...)`` step); ``fields``
+        are the columns a hit returns (default: every other column). ``index.save(path)``
+        writes it as Parquet; ``ef.load_index(path)`` reads it back.
+
+        >>> import embedflow as ef, numpy as np
+        >>> ef.dc["vec", "word"]([(np.array([1.0, 0.0]), "a"), (np.array([0.0, 1.0]), "b")]).to_index()
+        VectorIndex(2 vectors of 2, metric='cosine', fields=['word'])
+        """
+        import numpy as np
+
+        rows = self.to_list()
+        if self.named:
+            column = vector or "vec"
+            if rows and column not in rows[0]:
+                msg = f"to_index: no column {column!r} in the rows (columns: {list(rows[0])}); name the vector column with vector="
+                raise ColumnError(msg)
+            keep = fields if fields is not None else [c for c in (rows[0] if rows else ()) if c != column]
+            return VectorIndex(
+                np.stack([np.asarray(r[column], dtype=np.float32) for r in rows]), [{c: plain_value(r[c]) for c in keep} for r in rows], metric
+            )
+        return VectorIndex(np.stack([np.asarray(r, dtype=np.float32) for r in rows]), None, metric)
 
     def to_milvus(
         self,
