@@ -24,8 +24,9 @@ from ..engines import ENGINES, FailureLog, get_engine
 from ..errors import ColumnError, ParameterError, PlanError, UnknownOperatorError, did_you_mean
 from ..io.sources import Source
 from ..operator import FunctionOperator, Operator, is_operator_class
-from ..plan import EXECUTION_OPTIONS, Batch, Filter, FlatMap, Head, Plan, Project, Step, Whole, bind_operator, check_device
+from ..plan import EXECUTION_OPTIONS, REDUCERS, Batch, Filter, FlatMap, Group, Head, Plan, Project, Step, Whole, bind_operator, check_device
 from ..views.projection import METHODS, Projector
+from .chunking import TokenChunks
 from .dispatch import OperatorRef
 from .outputs import Outputs
 from .selectors import Selectable, column_list, io_selectors
@@ -190,6 +191,53 @@ class DataCollection(Outputs):
         step = Whole(name="project", fn=Projector(dim, method, inputs, outputs), inputs=inputs, outputs=outputs, on_error=self._on_error)
         return self._with(step, columns=self._columns_after(inputs, outputs))
 
+    @Selectable
+    def chunk(self, model_name: str, max_tokens: int | None = None, overlap: int = 0, *, _key: Any = None) -> DataCollection:
+        """Split each text into parts of at most ``max_tokens`` tokens of ``model_name``'s
+        tokenizer (default: what the model takes), consecutive parts sharing ``overlap``
+        tokens; each part is a row of its own, next to its parent's other columns. Name two
+        outputs to keep each part's index: ``.chunk["text", ("part", "index")](...)``. Join the
+        parts back with :meth:`group`.
+
+        >>> import embedflow as ef
+        >>> ef.dc(["one two three four five"]).chunk("sentence-transformers/all-MiniLM-L6-v2", max_tokens=2).to_list()
+        ['one two', 'three four', 'five']
+        """
+        inputs, outputs = io_selectors(_key, "chunk") if _key is not None else (None, None)
+        self._check_inputs("chunk", inputs)
+        if outputs is not None and len(outputs) > 2:
+            msg = f"chunk: outputs {list(outputs)}: name one column (the part) or two (the part and its index)"
+            raise PlanError(msg)
+        chunks = TokenChunks(model_name, max_tokens, overlap)
+        fn = chunks if outputs is not None and len(outputs) == 2 else _TextsOnly(chunks)
+        step = FlatMap(fn=fn, inputs=inputs, outputs=outputs, on_error=self._on_error)
+        return self._with(step, columns=self._columns_after(inputs, outputs))
+
+    def group(self, column: str | None = None, by: str | None = None, reduce: str = "mean") -> DataCollection:
+        """Join the parts of each parent back into one row: consecutive rows made from one
+        source row (by ``chunk`` or ``flat_map``) — or with the same value in column ``by`` —
+        become one, whose ``column`` is the ``mean`` of their vectors (or the ``list`` of
+        them, or the ``first``) and whose other columns are the first part's. Streams.
+
+        >>> import embedflow as ef, numpy as np
+        >>> parts = ef.dc(["ab", "c"]).flat_map(list).map(lambda ch: np.array([ord(ch)], float))
+        >>> [v.tolist() for v in parts.group(reduce="mean").to_list()]
+        [[97.5], [99.0]]
+        """
+        if reduce not in REDUCERS:
+            msg = f"group: reduce={reduce!r} is not one of {', '.join(map(repr, REDUCERS))}"
+            raise PlanError(msg)
+        if self.named and column is None:
+            msg = "group: name the column to join (group(column='vec'))"
+            raise PlanError(msg)
+        self._check_inputs("group", tuple(c for c in (column, by) if c is not None) or None)
+        if not self.named:
+            if by is not None:
+                msg = "group: by= names a column; these rows have none (select columns with ef.dc['col'](...))"
+                raise PlanError(msg)
+            return self._with(Group(column="", by=None, reduce=reduce, on_error=self._on_error))
+        return self._with(Group(column=column, by=by, reduce=reduce, on_error=self._on_error))
+
     def batch(self, n: int) -> DataCollection:
         """Group consecutive rows into lists of ``n`` rows (the last may be shorter).
 
@@ -319,3 +367,16 @@ class DataCollection(Outputs):
     def __bool__(self) -> bool:
         msg = "the truth value of a DataCollection is ambiguous (it is lazy); use .to_list() or .head(1).to_list()"
         raise TypeError(msg)
+
+
+class _TextsOnly:
+    """A chunker's parts without their indexes (one output column, or unnamed rows)."""
+
+    def __init__(self, chunks: TokenChunks):
+        self.chunks = chunks
+
+    def __repr__(self) -> str:
+        return repr(self.chunks)
+
+    def __call__(self, text: Any) -> list[str]:
+        return [part for part, _index in self.chunks(text)]

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import EmbedflowError, ItemError
 from ..io.readers import BadRow
 from ..operator import FunctionOperator, Operator
-from ..plan import Apply, Batch, Filter, FlatMap, Head, Project, Step, Whole
+from ..plan import Apply, Batch, Filter, FlatMap, Group, Head, Project, Step, Whole
 from ..rows import missing_column, read_inputs, write_outputs
 from .failures import Failure, FailureLog
 
@@ -152,6 +152,39 @@ def batch_rows(step: Batch, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         yield [group_key], [group]
 
 
+def group_rows(step: Group, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """Consecutive rows with the same ``step.by`` value as one row (see :class:`Group`)."""
+    number, group, done = 0, [], object()
+    current: Any = done
+    for keys, rows in chunks:
+        out_keys, out_rows = [], []
+        for key, row in zip(keys, rows):
+            value = key if step.by is None else read_inputs(row, (step.by,))[0]
+            if group and value != current:
+                out_keys.append(number)
+                out_rows.append(_joined(step, group))
+                group = []
+            if not group:
+                number, current = key, value
+            group.append(row)
+        yield out_keys, out_rows
+    if group:
+        yield [number], [_joined(step, group)]
+
+
+def _joined(step: Group, rows: list[Any]) -> Any:
+    values = [row[step.column] for row in rows] if step.column else rows  # unnamed rows: the rows themselves
+    if step.reduce == "list":
+        joined: Any = values
+    elif step.reduce == "first":
+        joined = values[0]
+    else:
+        import numpy as np
+
+        joined = np.mean(np.stack([np.asarray(v, dtype=np.float32) for v in values]), axis=0)
+    return {**rows[0], step.column: joined} if step.column else joined
+
+
 def head_rows(step: Head, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
     left = step.n
     if left <= 0:
@@ -204,6 +237,8 @@ def run_cheap(steps: Sequence[Step], ops: dict[int, Operator], chunks: Iterator[
             chunks = flat_map_rows(step, chunks, failures)
         elif isinstance(step, Batch):
             chunks = batch_rows(step, chunks)
+        elif isinstance(step, Group):
+            chunks = group_rows(step, chunks)
         elif isinstance(step, Head):
             chunks = head_rows(step, chunks)
         elif isinstance(step, Project):

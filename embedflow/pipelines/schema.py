@@ -39,7 +39,7 @@ TOP_KEYS = ("name", "description", "params", "source", "steps", "sink", "on_erro
 SOURCE_KINDS = ("read_text", "glob", "read_jsonl", "read_csv", "read_parquet", "items")
 SOURCE_OPTIONS = ("column", "columns", "key", "allow_empty")
 STEP_KEYS = ("op", "in", "out", "with", *EXECUTION_OPTIONS)
-GENERIC_STEPS = ("select", "exclude", "head")
+GENERIC_STEPS = ("select", "exclude", "head", "chunk", "group")
 SINK_KINDS = ("parquet", "jsonl", "npy", "milvus", "print")
 SINK_OPTIONS = ("columns", "column", "collection", "vector", "fields", "metric")
 ON_ERROR = ("raise", "skip")
@@ -290,6 +290,8 @@ def _build_step(dc: DataCollection, step: Any, index: int, where: str) -> DataCo
     if not isinstance(step, LineDict):
         raise _fail(where, f"steps[{index}] must be a mapping such as {{op: normalize, in: vec}}, got {step!r}")
     label = f"steps[{index}]"
+    if "chunk" in step or "group" in step:
+        return _build_parts_step(dc, step, label)
     generic = [k for k in step if k in GENERIC_STEPS]
     if generic:
         kind = generic[0]
@@ -332,6 +334,25 @@ def _build_step(dc: DataCollection, step: Any, index: int, where: str) -> DataCo
         bad = next((k for k in params if f"'{k}'" in str(exc) or f"{k}=" in str(exc)), None)
         at = params.where(bad) if bad is not None and isinstance(params, LineDict) else step.where("op")
         raise _fail(at, f"{label} ({name}): {exc}") from exc
+
+
+def _build_parts_step(dc: DataCollection, step: LineDict, label: str) -> DataCollection:
+    """``{chunk: {model_name: M, max_tokens: N, overlap: K}, in: text, out: [part, index]}`` or
+    ``{group: {column: vec, by: doc, reduce: mean}}``."""
+    kind = "chunk" if "chunk" in step else "group"
+    _check_keys(step, (kind, "in", "out") if kind == "chunk" else (kind,), label)
+    options = step[kind]
+    if not isinstance(options, dict):
+        raise _fail(step.where(kind), f"{label}: {kind} takes a mapping of options, got {options!r}")
+    try:
+        if kind == "group":
+            return dc.group(**options)
+        if "in" not in step:
+            raise _fail(step.where(), f"{label} (chunk): missing 'in' (the text column)")
+        outputs = _names(step["out"], step.where("out"), "out") if "out" in step else _names(step["in"], step.where("in"), "in")
+        return dc.chunk[(_names(step["in"], step.where("in"), "in"), outputs)](**options)
+    except (EmbedflowError, TypeError) as exc:
+        raise _fail(step.where(kind), f"{label} ({kind}): {exc}") from exc
 
 
 def _build_sink(body: LineDict) -> SinkSpec | None:

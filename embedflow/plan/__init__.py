@@ -10,16 +10,34 @@ from __future__ import annotations
 
 from .binding import bind_operator, instantiate, signature_text
 from .lowering import CheapStage, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage, lower
-from .nodes import EXECUTION_OPTIONS, Apply, Batch, ExecOptions, Filter, FlatMap, Head, Plan, Project, Step, Whole, check_device, operator_class
+from .nodes import (
+    EXECUTION_OPTIONS,
+    REDUCERS,
+    Apply,
+    Batch,
+    ExecOptions,
+    Filter,
+    FlatMap,
+    Group,
+    Head,
+    Plan,
+    Project,
+    Step,
+    Whole,
+    check_device,
+    operator_class,
+)
 
 __all__ = [
     "EXECUTION_OPTIONS",
     "Apply",
     "Batch",
+    "REDUCERS",
     "CheapStage",
     "ExecOptions",
     "Filter",
     "FlatMap",
+    "Group",
     "Head",
     "LimitStage",
     "ModelStage",

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ..io.sources import Source
-from .nodes import Apply, Batch, Head, Plan, Step, Whole, operator_class
+from .nodes import Apply, Batch, Group, Head, Plan, Step, Whole, operator_class
 
 # The sort window of operators with a sort_key: at least this many items (and 4 batches).
 # Measured on 2,000 sentences with MiniLM (benchmarks/bench_text.py): a window of 4 batches
@@ -146,7 +146,7 @@ def fuse(stages: list[Stage], plan: Plan) -> list[Stage]:
 def _needs_order(stage: Stage) -> bool:
     if isinstance(stage, (LimitStage, WholeStage)):
         return True
-    return isinstance(stage, CheapStage) and any(isinstance(s, Batch) for s in stage.steps)
+    return isinstance(stage, CheapStage) and any(isinstance(s, (Batch, Group)) for s in stage.steps)
 
 
 def order(stages: list[Stage], ordered: bool) -> list[Stage]:

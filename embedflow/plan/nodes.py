@@ -193,6 +193,25 @@ class Batch(Step):
         return str(self.size)
 
 
+REDUCERS = ("mean", "list", "first")
+
+
+@dataclass(frozen=True, eq=False)
+class Group(Step):
+    """Join consecutive rows of one parent into one row (the parts of one text, the frames of
+    one video): rows from the same source row (``by=None``: what ``chunk`` or ``flat_map``
+    made of it), or with the same value in column ``by``. ``column`` becomes the mean of the
+    rows' vectors, their list, or the first; the other columns are the first row's. Streams:
+    a group ends where the parent changes."""
+
+    column: str
+    by: str | None = None
+    reduce: str = "mean"
+
+    def describe(self) -> str:
+        return f"{self.reduce} of {self.column} by {self.by or 'source row'}"
+
+
 @dataclass(frozen=True, eq=False)
 class Head(Step):
     """Stop after ``n`` rows."""

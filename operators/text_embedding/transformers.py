@@ -149,6 +149,7 @@ class TransformersTextEmbedding(Operator):
         self.max_length = max_length
         self.trust_remote_code = bool(trust_remote_code)
         self._lock = threading.Lock()
+        self._truncated = 0  # texts cut to the length limit since the last run_warnings()
 
     # ---- loading ---------------------------------------------------------------------------
     def setup(self, device: str) -> None:
@@ -245,12 +246,14 @@ class TransformersTextEmbedding(Operator):
             text = self.prompt + text
         if self._fast is not None:
             enc = self._fast.encode(text)
+            self._count_truncated(1 if enc.overflowing else 0)
             item = {"input_ids": enc.ids, "attention_mask": enc.attention_mask}
             if "token_type_ids" in self.input_names:
                 item["token_type_ids"] = enc.type_ids
             return item
         with self._lock:  # slow tokenizers are not thread-safe
-            enc = self.tokenizer(text, truncation=True, max_length=self.limit)
+            enc = self.tokenizer(text, truncation=True, max_length=self.limit, return_overflowing_tokens=False)
+            self._truncated += int(len(enc["input_ids"]) >= self.limit)  # at the limit: (almost always) cut
         return {k: list(enc[k]) for k in self.input_names if k in enc}
 
     def preprocess_batch(self, inputs: list[tuple[Any, ...]]) -> list[dict[str, list[int]]]:
@@ -262,12 +265,30 @@ class TransformersTextEmbedding(Operator):
             texts = [self.prompt + t for t in texts]
         with_types = "token_type_ids" in self.input_names
         out = []
-        for enc in self._fast.encode_batch(texts):
+        encodings = self._fast.encode_batch(texts)
+        self._count_truncated(sum(1 for enc in encodings if enc.overflowing))
+        for enc in encodings:
             item = {"input_ids": enc.ids, "attention_mask": enc.attention_mask}
             if with_types:
                 item["token_type_ids"] = enc.type_ids
             out.append(item)
         return out
+
+    def _count_truncated(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self._truncated += n
+
+    def run_warnings(self) -> list[str]:
+        """Once per run (the engine asks): how many texts were cut to the length limit."""
+        with self._lock:
+            n, self._truncated = self._truncated, 0
+        if not n:
+            return []
+        return [
+            f"text_embedding.transformers: {n} text(s) were longer than {self.limit} tokens and were cut to that; "
+            "to embed all of a long text, split it with .chunk(...) and join the parts with .group(...) (README: Long texts)"
+        ]
 
     def sort_key(self, item: dict[str, list[int]]) -> int:
         return len(item["input_ids"])

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ...errors import user_stacklevel
 from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
 from ...rows import read_inputs, write_outputs
 from ..base import Engine
@@ -65,6 +67,7 @@ class LocalEngine(Engine):
                         progress(len(rows))
                     yield numbers, rows
             run.stats.rows = rows_out
+            _warn_run_notes(run.replicas)
         finally:
             run.close()
             if stats is not None:
@@ -73,6 +76,7 @@ class LocalEngine(Engine):
 
     def _build(self, physical: PhysicalPlan, failures: FailureLog, run: Run, progress: Callable[[int], Any] | None) -> Channel:
         replicas = {id(s): self._replicas(s) for s in physical.model_stages}
+        run.replicas = [r for reps in replicas.values() for r in reps]
         cpu_models = any(r.device == "cpu" for reps in replicas.values() for r in reps)
         workers_default = default_workers(cpu_models)
         channel = run.channel("source", CHANNEL_CHUNKS)
@@ -101,6 +105,14 @@ class LocalEngine(Engine):
         devices = resolve_devices(stage.device)
         pinned = any(d.startswith("cuda") for d in devices)
         return [Replica(device, op, autocast(device, stage.dtype), pinned) for device, op in ready(stage.step, devices)]
+
+
+def _warn_run_notes(replicas: list[Replica]) -> None:
+    """Once per run, what an operator has to say of it (``run_warnings()``: e.g. how many
+    texts were cut to the model's length limit)."""
+    for replica in replicas:
+        for message in getattr(replica.op, "run_warnings", list)():
+            warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
 
 
 # --------------------------------------------------------------------------- the table

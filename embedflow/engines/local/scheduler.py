@@ -107,6 +107,7 @@ class Run:
         self._lock = threading.Lock()
         self._started = time.perf_counter()
         self.cleanups: list[Callable[[], None]] = []
+        self.replicas: list[Any] = []  # the model replicas of the run (asked for their notes at the end)
 
     def channel(self, name: str, size: int) -> Channel:
         return Channel(self, name, size)

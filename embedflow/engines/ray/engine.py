@@ -27,7 +27,7 @@ from typing import Any
 
 from ...errors import PlanError
 from ...models import allowed_imports
-from ...plan import Batch, CheapStage, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
+from ...plan import Batch, CheapStage, Group, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
 from ..base import Engine
 from ..failures import FailureLog
 from ..stats import RunStats
@@ -74,8 +74,8 @@ def _check(physical: PhysicalPlan) -> None:
     """Fail before Ray starts for what has no Ray form."""
     for stage in physical.stages:
         steps = stage.steps if isinstance(stage, CheapStage) else ()
-        if isinstance(stage, WholeStage) or any(isinstance(s, Batch) for s in steps):
-            kind = stage.step.kind if isinstance(stage, WholeStage) else "batch"
+        if isinstance(stage, WholeStage) or any(isinstance(s, (Batch, Group)) for s in steps):
+            kind = stage.step.kind if isinstance(stage, WholeStage) else next(s.kind for s in steps if isinstance(s, (Batch, Group)))
             msg = f"{kind}() has no Ray Data form in embedflow yet; run this chain with set_engine('local')"
             raise PlanError(msg)
 

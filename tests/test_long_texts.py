@@ -1,0 +1,98 @@
+"""Long texts: a run says how many texts were cut to the model's limit; chunk splits a text into
+windows of the model's own tokens (with overlap), group joins the parts' vectors back per parent,
+in order, and the result equals doing it by hand."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import embedflow as ef
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def long_texts(sample_texts):
+    return [" ".join(sample_texts[i : i + 60]) for i in (0, 30, 60)]  # ~700-900 tokens each
+
+
+def test_a_run_warns_once_with_the_count_of_cut_texts(long_texts):
+    chain = ef.dc(["short", *long_texts, "also short"]).text_embedding.transformers(model_name=MINILM)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chain.to_list()
+    messages = [str(w.message) for w in caught if "were cut" in str(w.message)]
+    assert messages == [
+        "text_embedding.transformers: 3 text(s) were longer than 256 tokens and were cut to that; "
+        "to embed all of a long text, split it with .chunk(...) and join the parts with .group(...) (README: Long texts)"
+    ]
+    assert caught[0].filename == __file__  # points at the user's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ef.dc(["short"]).text_embedding.transformers(model_name=MINILM).to_list()  # nothing cut: no warning
+
+
+def test_chunks_are_token_windows_with_overlap_cut_from_the_text():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ef.resolve_model(MINILM))
+    text = "The quick brown fox jumps over the lazy dog. " * 20
+    rows = ef.dc["text"]([text, ""]).chunk["text", ("part", "index")](MINILM, max_tokens=50, overlap=10).to_list()
+    parts = [r["part"] for r in rows if r["text"] == text]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert [r["index"] for r in rows if r["text"] == text] == list(range(len(parts)))
+    assert len(parts) == -(-(len(ids) - 10) // 40)  # windows of 50 every 40 tokens
+    for i, part in enumerate(parts):
+        assert part in text
+        assert tokenizer(part, add_special_tokens=False)["input_ids"] == ids[i * 40 : i * 40 + 50]
+    assert rows[-1] == {"text": "", "part": "", "index": 0}  # an empty text stays a row
+
+
+def test_chunk_embed_group_equals_averaging_by_hand(long_texts):
+    docs = ["a short one", *long_texts]
+    got = (
+        ef.dc["doc"](docs)
+        .chunk["doc", "part"](MINILM)
+        .text_embedding.transformers["part", "vec"](model_name=MINILM, batch_size=8)
+        .group(column="vec")
+        .normalize["vec", "vec"]()
+        .to_list()
+    )
+    assert [r["doc"] for r in got] == docs  # one row per parent, in order
+    parts = [[p for p, _ in ef.dsl.chunking.TokenChunks(MINILM)(d)] for d in docs]
+    assert all(len(p) > 1 for p in parts[1:])  # the long ones really are in several parts
+    for row, pieces in zip(got, parts):
+        vectors = ef.dc(pieces).text_embedding.transformers(model_name=MINILM).to_numpy()
+        want = vectors.mean(0) / np.linalg.norm(vectors.mean(0))
+        np.testing.assert_allclose(row["vec"], want, atol=1e-5)
+
+
+def test_group_by_a_column_keeps_the_list_or_the_first():
+    rows = ef.dc["doc", "page"]([("a", 1), ("a", 2), ("b", 3)]).group(column="page", by="doc", reduce="list").to_list()
+    assert rows == [{"doc": "a", "page": [1, 2]}, {"doc": "b", "page": [3]}]
+    assert ef.dc["doc", "page"]([("a", 1), ("a", 2)]).group(column="page", by="doc", reduce="first").to_list() == [{"doc": "a", "page": 1}]
+    with pytest.raises(ef.PlanError, match="reduce='sum' is not one of 'mean', 'list', 'first'"):
+        ef.dc["doc", "page"]([]).group(column="page", reduce="sum")
+
+
+def test_the_same_in_a_pipeline_file(tmp_path, long_texts):
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": i, "doc": t}) + "\n" for i, t in enumerate(long_texts[:2])))
+    (tmp_path / "p.yaml").write_text(
+        f"source: {{read_jsonl: {str(tmp_path / 'docs.jsonl')!r}, columns: [id, doc]}}\n"
+        "steps:\n"
+        f"  - {{chunk: {{model_name: {MINILM}, max_tokens: 100, overlap: 10}}, in: doc, out: part}}\n"
+        f"  - {{op: text_embedding.transformers, in: part, out: vec, with: {{model_name: {MINILM}}}}}\n"
+        "  - {group: {column: vec, by: id}}\n"
+    )
+    from_file = ef.load_pipeline(tmp_path / "p.yaml").to_list()
+    chain = ef.dc["id", "doc"](list(enumerate(long_texts[:2]))).chunk["doc", "part"](MINILM, max_tokens=100, overlap=10)
+    by_hand = chain.text_embedding.transformers["part", "vec"](model_name=MINILM).group(column="vec", by="id").to_list()
+    assert [r["id"] for r in from_file] == [0, 1]
+    np.testing.assert_allclose(np.stack([r["vec"] for r in from_file]), np.stack([r["vec"] for r in by_hand]), atol=1e-6)
+    (tmp_path / "bad.yaml").write_text("source: {items: [a]}\nsteps:\n  - {group: {column: vec, reduce: sum}}\n")
+    with pytest.raises(ef.PipelineError, match=r"bad.yaml:3: steps\[0\] \(group\): group: reduce='sum' is not one of"):
+        ef.load_pipeline(tmp_path / "bad.yaml")
