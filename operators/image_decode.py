@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from embedflow import Operator
+from embedflow.io.remote import is_remote, local_path, open_input
 
 WHITE = (255, 255, 255)
 
@@ -43,8 +44,11 @@ def open_image(source: Any) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     try:
-        if isinstance(source, (str, os.PathLike)):
-            img = Image.open(Path(source))
+        if isinstance(source, (str, os.PathLike)) and is_remote(source):
+            with open_input(source) as f:  # s3://, https://, ...: read once, decoded from memory
+                img = Image.open(io.BytesIO(f.read()))
+        elif isinstance(source, (str, os.PathLike)):
+            img = Image.open(Path(local_path(source)))
         elif isinstance(source, (bytes, bytearray, memoryview)):
             img = Image.open(io.BytesIO(bytes(source)))
         else:

@@ -16,7 +16,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing embedflow and its dependencies into $VENV (first run takes a few minutes)" >&2
   # pip's output goes to a log, shown only if the install fails
   log="$VENV/install.log"
-  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip && "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test,ray,milvus,serve,onnx]"; } >"$log" 2>&1; then
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip && "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test,ray,milvus,serve,onnx,remote]"; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "bootstrap: installing failed (log above, also in $log)" >&2
     exit 1

@@ -48,6 +48,7 @@ LAZY_IMPORTS = {
     "onnxruntime",
     "onnx",
     "onnxscript",
+    "fsspec",
 }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import IO, Any
 from ..errors import EmbedflowError
 from .arrow import as_numpy, rows_to_table
 from .keys import row_key
+from .remote import check_writable, is_remote, local_path, upload
 from .sinks import Sink, SinkContext, select_columns
 
 ROW_GROUP = 4096
@@ -49,7 +51,12 @@ class AtomicFile:
     """
 
     def __init__(self, target: str | os.PathLike[str]):
-        self.target = Path(target)
+        self.url = os.fspath(target) if is_remote(target) else None
+        if self.url is not None:  # written here, uploaded in one piece by commit
+            self.target = Path(tempfile.mkdtemp(prefix="embedflow-upload-")) / self.url.rstrip("/").rsplit("/", 1)[-1]
+            self.tmp = self.target
+            return
+        self.target = Path(local_path(target))
         self.target.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.target.parent.glob(f".{self.target.name}.*.tmp"):
             pid = stale.name[len(self.target.name) + 2 :].split("-", 1)[0]
@@ -57,12 +64,21 @@ class AtomicFile:
                 stale.unlink(missing_ok=True)
         self.tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
-    def commit(self) -> Path:
+    def commit(self) -> Any:
+        """The file in place: renamed onto the target, or uploaded to the URL (returned)."""
+        if self.url is not None:
+            try:
+                upload(self.tmp, self.url)
+            finally:
+                self.discard()
+            return self.url
         os.replace(self.tmp, self.target)
         return self.target
 
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
+        if self.url is not None:
+            shutil.rmtree(self.tmp.parent, ignore_errors=True)
 
 
 def write_lines(path: str | os.PathLike[str], lines: Iterator[str]) -> None:
@@ -96,12 +112,14 @@ class FileSink(Sink):
     suffix = ""
 
     def __init__(self, path: str | os.PathLike[str], columns: Sequence[str] | None = None):
-        self.path = Path(path)
+        self.path: Any = os.fspath(path) if is_remote(path) else Path(local_path(path))  # a URL stays a string
         self.columns = tuple(columns) if columns else None
 
     def open(self, context: SinkContext) -> None:
         super().open(context)
-        if self.path.is_dir():
+        if isinstance(self.path, str):
+            check_writable(self.path)
+        elif self.path.is_dir():
             msg = f"output {str(self.path)!r} is a folder; name a file, e.g. {self.path / ('vectors' + self.suffix)}"
             raise EmbedflowError(msg)
         self.file = AtomicFile(self.path)
@@ -216,7 +234,7 @@ class NpySink(FileSink):
 
     def open(self, context: SinkContext) -> None:
         super().open(context)
-        self.keys_file = AtomicFile(self.path.with_name(self.path.name + ".keys.jsonl"))
+        self.keys_file = AtomicFile(f"{self.path}.keys.jsonl" if isinstance(self.path, str) else self.path.with_name(self.path.name + ".keys.jsonl"))
         self.data_path = self.file.tmp.with_name(self.file.tmp.name + ".data")
         self.data: IO[bytes] | None = open(self.data_path, "wb")
         self.keys: IO[str] | None = open(self.keys_file.tmp, "w", encoding="utf-8")

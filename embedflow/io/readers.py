@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import ColumnError, EmbedflowError
 from .arrow import batch_to_rows
+from .remote import is_remote, local_path, open_input
 
 TARGET_BYTES = 8 << 20  # a line-file part: about 8 MiB of text
 TARGET_ROWS = 65536  # a Parquet part: whole row groups up to about this many rows
@@ -144,7 +145,7 @@ class GlobPart(Part):
 def byte_lines(path: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
     """The lines of bytes ``[start, end)`` of a file, without their ends; ``\\n``, ``\\r\\n``
     and ``\\r`` all end a line (universal newlines), streaming in blocks."""
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         f.seek(start)
         left = None if end is None else end - start
         carry = b""
@@ -239,7 +240,7 @@ def line_parts(path: str | os.PathLike[str], kind: str, columns: tuple[str, ...]
     """
     parts: list[LinesPart] = []
     row, line, start = 0, 1, 0
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         while True:
             data = f.read(target_bytes)
             if not data:
@@ -265,7 +266,7 @@ class CsvPart(Part):
     may_fail = True
 
     def read(self) -> Iterator[Any]:
-        with open(self.path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        with open_input(self.path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="") as f:
             reader = csv.DictReader(f)
             for row in reader:
                 where = f"{self.path}:{reader.line_num}"
@@ -309,7 +310,7 @@ class ParquetPart(Part):
     def read(self) -> Iterator[Any]:
         import pyarrow.parquet as pq
 
-        file = pq.ParquetFile(self.path)
+        file = pq.ParquetFile(open_input(self.path) if is_remote(self.path) else local_path(self.path))
         check_parquet_columns(file, self.path, self.columns)
         groups = list(self.row_groups) if self.row_groups is not None else None
         for batch in file.iter_batches(batch_size=1024, row_groups=groups, columns=list(self.columns) if self.columns else None):
@@ -320,7 +321,7 @@ def parquet_parts(path: str | os.PathLike[str], columns: tuple[str, ...] | None 
     """Group a Parquet file's row groups into parts of about ``target_rows`` (from the footer only)."""
     import pyarrow.parquet as pq
 
-    file = pq.ParquetFile(path)
+    file = pq.ParquetFile(open_input(path) if is_remote(path) else local_path(path))
     check_parquet_columns(file, path, columns)
     meta = file.metadata
     parts: list[ParquetPart] = []

@@ -26,6 +26,9 @@ from typing import Any
 from ..errors import ColumnError, EmbedflowError, user_stacklevel
 from .ranges import RowFilter
 from .readers import CsvPart, GlobPart, ItemsPart, LinesPart, ParquetPart, Part, line_parts, parquet_parts
+from .remote import glob as remote_glob
+from .remote import info as remote_info
+from .remote import is_remote, local_path
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,16 @@ class GlobSource(Source):
         read by the steps, not by this source)."""
         digest = hashlib.sha256()
         paths = list_files(self.patterns, warn=False)
+        versions = {
+            url: f"{entry.get('size')}\0{entry.get('ETag') or entry.get('mtime') or entry.get('LastModified')}"
+            for pattern in self.patterns
+            if is_remote(pattern)
+            for url, entry in remote_glob(pattern)
+        }
         for p in paths:
+            if p in versions:
+                digest.update(f"{p}\0{versions[p]}\n".encode())
+                continue
             st = os.stat(p) if os.path.exists(p) else None
             digest.update(f"{p}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
         return {"files": len(paths), "listing": digest.hexdigest()[:16]}
@@ -134,7 +146,10 @@ def list_files(patterns: tuple[str, ...], warn: bool = True) -> list[str]:
     fails and is recorded or raised) rather than dropped silently."""
     found: dict[str, str] = {}
     for pattern in patterns:
-        for p in _glob.glob(os.path.expanduser(str(pattern)), recursive=True):
+        if is_remote(pattern):
+            found.update((url, url) for url, _info in remote_glob(str(pattern)))
+            continue
+        for p in _glob.glob(os.path.expanduser(local_path(pattern)), recursive=True):
             if os.path.isfile(p) or (os.path.islink(p) and not os.path.exists(p)):
                 found.setdefault(p, os.path.realpath(p))
     seen: set[str] = set()
@@ -157,6 +172,9 @@ class FileSource(Source):
 
     def check(self) -> None:
         path = self.path
+        if is_remote(path):
+            self._check_remote()
+            return
         if not os.path.exists(path):
             msg = f"{self.kind}: input file {path!r} does not exist (relative to {os.getcwd()}); check the path"
             raise EmbedflowError(msg)
@@ -170,9 +188,24 @@ class FileSource(Source):
             msg = f"{self.kind}: input file {path!r} is empty; add allow_empty: true to the source if an empty input is fine"
             raise EmbedflowError(msg)
 
+    def _check_remote(self) -> None:
+        try:
+            found = remote_info(self.path)
+        except FileNotFoundError as exc:
+            msg = f"{self.kind}: input {self.path!r} does not exist; check the URL"
+            raise EmbedflowError(msg) from exc
+        except IsADirectoryError as exc:
+            msg = f"{self.kind}: input {self.path!r} is a folder; name a file"
+            raise EmbedflowError(msg) from exc
+        if found["size"] == 0 and not self.allow_empty:
+            msg = f"{self.kind}: input file {self.path!r} is empty; add allow_empty: true to the source if an empty input is fine"
+            raise EmbedflowError(msg)
+
     def _parts(self, split: bool) -> list[Part]:
         path, columns = self.path, self.columns
-        if not os.path.exists(path):
+        if is_remote(path):
+            self._check_remote()
+        elif not os.path.exists(path):
             msg = f"{self.kind}: input file {path!r} does not exist (relative to {os.getcwd()})"
             raise EmbedflowError(msg)
         if self.format in ("text", "jsonl"):
@@ -186,7 +219,13 @@ class FileSource(Source):
         return [CsvPart(path, columns)]
 
     def identity(self) -> dict[str, Any]:
-        """The file's size, modification time and a hash of its contents."""
+        """The file's size, modification time and a hash of its contents (a remote file: its
+        size and version — ETag or modification time — without downloading it)."""
+        if is_remote(self.path):
+            try:
+                return {"url": self.path, **remote_info(self.path)}
+            except (FileNotFoundError, IsADirectoryError):
+                return {"url": self.path}
         if not os.path.exists(self.path):
             return {"path": self.path}
         st = os.stat(self.path)
@@ -237,7 +276,7 @@ def from_file(kind: str, path: str | os.PathLike[str], columns: tuple[str, ...] 
     ``read_text`` has one column (``columns[0]``, when named); the other formats are always
     named and ``columns`` keeps only those keys.
     """
-    p = str(Path(path))
+    p = os.fspath(path) if is_remote(path) else str(Path(local_path(path)))
     fmt = _FORMATS[kind]
     if fmt == "text":
         columns = columns[:1] if columns else None

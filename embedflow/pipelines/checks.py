@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import EmbedflowError
 from ..io.keys import row_key
 from ..io.readers import BadRow
+from ..io.remote import check_writable
 from ..io.sources import GlobSource, Source
 from .schema import Pipeline
 
@@ -48,7 +49,9 @@ def preflight(pipeline: Pipeline) -> None:
     spec = pipeline.sink
     if spec is None:
         return
-    if spec.kind in FILE_SINKS:
+    if spec.kind in FILE_SINKS and isinstance(spec.output, str):
+        check_writable(spec.output)  # a URL: writable kind, backend installed
+    elif spec.kind in FILE_SINKS:
         check_output(spec.path)
     elif spec.kind == "milvus" and not spec.remote:
         check_output(spec.path, database=True)

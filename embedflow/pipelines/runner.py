@@ -26,6 +26,7 @@ from ..errors import PipelineError
 from ..io.files import FileSink, JsonlSink, NpySink, ParquetSink, write_lines
 from ..io.milvus import MilvusSink
 from ..io.ranges import RowFilter, count
+from ..io.remote import remove
 from ..io.shards import ResumableSink, ShardStore
 from ..io.sinks import Sink
 from ..plan import Plan
@@ -63,28 +64,30 @@ class RunSummary:
 def build_sink(spec: SinkSpec, schema: tuple[str, ...] | None = None) -> Sink:
     """The sink a pipeline file's ``sink:`` names; ``schema`` names the columns of an empty output."""
     if spec.kind == "parquet":
-        return ParquetSink(spec.path, spec.columns, schema_columns=schema)
+        return ParquetSink(spec.output, spec.columns, schema_columns=schema)
     if spec.kind == "jsonl":
-        return JsonlSink(spec.path, spec.columns)
+        return JsonlSink(spec.output, spec.columns)
     if spec.kind == "npy":
         assert spec.column is not None
-        return NpySink(spec.path, spec.column)
+        return NpySink(spec.output, spec.column)
     if spec.kind == "milvus":
         return MilvusSink(spec.target, spec.collection or "", spec.vector, spec.fields, spec.metric)
     return PrintSink(spec.columns)
 
 
-def errors_path(spec: SinkSpec) -> Path:
-    """Where the failures of a run go: ``<output>.errors.jsonl`` (for a Milvus server, the
-    collection's name in the current folder)."""
-    if spec.remote:
+def errors_path(spec: SinkSpec) -> Path | str:
+    """Where the failures of a run go: ``<output>.errors.jsonl`` (beside a URL too; for a
+    Milvus server, the collection's name in the current folder)."""
+    if spec.kind == "milvus" and spec.remote:
         return Path(f"{spec.collection}.errors.jsonl")
+    if isinstance(spec.output, str):
+        return spec.output + ".errors.jsonl"
     return spec.path.with_name(spec.path.name + ".errors.jsonl")
 
 
 def _describe(spec: SinkSpec) -> str:
     if spec.kind in ("parquet", "jsonl", "npy"):
-        return str(spec.path)
+        return str(spec.output)
     return f"{spec.kind} {spec.target}" + (f" collection {spec.collection}" if spec.collection else "")
 
 
@@ -116,7 +119,9 @@ def run_pipeline(
     target = errors_path(spec)
     if isinstance(sink, FileSink):
         fingerprint = pipeline.fingerprint() + (f"-limit{limit}" if limit is not None else "")
-        written, failed, resumed = _run_resumable(plan, sink, fingerprint, target, named=dc.named, limit=limit, resume=resume, progress=progress)
+        written, failed, resumed = _run_resumable(
+            plan, sink, spec.path, fingerprint, target, named=dc.named, limit=limit, resume=resume, progress=progress
+        )
     else:
         records: list[dict[str, Any]] = []
         failures = FailureLog(records.append, plan.key_column)
@@ -138,10 +143,20 @@ def run_pipeline(
 
 
 def _run_resumable(
-    plan: Plan, sink: FileSink, fingerprint: str, errors: Path, *, named: bool, limit: int | None, resume: bool, progress: bool | None
+    plan: Plan,
+    sink: FileSink,
+    staging: Path,
+    fingerprint: str,
+    errors: Path | str,
+    *,
+    named: bool,
+    limit: int | None,
+    resume: bool,
+    progress: bool | None,
 ) -> tuple[int, int, int]:
-    """A file sink's run with shards: (rows written, failed, already done by an earlier run)."""
-    store = ShardStore(sink.path, fingerprint, plan.source.identity())
+    """A file sink's run with shards kept beside ``staging`` (the output, or for a URL a local
+    place for it): (rows written, failed, already done by an earlier run)."""
+    store = ShardStore(staging, fingerprint, plan.source.identity())
     try:
         done = store.open(resume)
         failures = FailureLog(store.record_failure, plan.key_column)
@@ -152,7 +167,7 @@ def _run_resumable(
         if lines:  # before the shards go: a kill here leaves what a rerun needs
             write_lines(errors, iter(lines))
         else:
-            errors.unlink(missing_ok=True)
+            remove(errors)
         store.remove()
     finally:
         store.close()

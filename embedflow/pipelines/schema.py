@@ -33,6 +33,7 @@ from ..dsl import DataCollection, readers
 from ..errors import EmbedflowError, PipelineError, did_you_mean
 from ..plan import EXECUTION_OPTIONS, check_device
 from .catalog import resolve
+from .sink_spec import SinkSpec
 from .yaml_loader import LineDict, load_yaml_file
 
 TOP_KEYS = ("name", "description", "params", "source", "steps", "sink", "on_error", "device")
@@ -44,30 +45,6 @@ SINK_KINDS = ("parquet", "jsonl", "npy", "milvus", "print")
 SINK_OPTIONS = ("columns", "column", "collection", "vector", "fields", "metric")
 ON_ERROR = ("raise", "skip")
 _PARAM = re.compile(r"\$\{([^}]*)\}")
-
-
-@dataclass(frozen=True)
-class SinkSpec:
-    """Where a pipeline's rows go: ``kind`` is parquet, jsonl or npy."""
-
-    kind: str
-    target: str  # the output file; for milvus the URI (a Milvus Lite file or http://...)
-    columns: tuple[str, ...] | None = None  # parquet/jsonl/print: the columns to keep (default all)
-    column: str | None = None  # npy: the vector column
-    collection: str | None = None  # milvus
-    vector: str = "vec"  # milvus: the vector column
-    fields: tuple[str, ...] | None = None  # milvus: scalar columns stored beside the vector
-    metric: str = "COSINE"  # milvus
-
-    @property
-    def path(self) -> Path:
-        """The output file (for a Milvus Lite database, its file)."""
-        return Path(self.target)
-
-    @property
-    def remote(self) -> bool:
-        """A server URI (``http://host:19530``), not a file."""
-        return "://" in self.target
 
 
 @dataclass
