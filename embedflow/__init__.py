@@ -10,6 +10,7 @@ from __future__ import annotations
 from .dsl import DataCollection, dc, glob, read_csv, read_jsonl, read_parquet, read_text
 from .errors import (
     ColumnError,
+    DeviceError,
     EmbedflowError,
     ItemError,
     OperatorLoadError,
@@ -30,6 +31,7 @@ load_index = VectorIndex.load  # ef.load_index("photos.parquet"): an index saved
 __all__ = [
     "ColumnError",
     "DataCollection",
+    "DeviceError",
     "EmbedflowError",
     "ItemError",
     "Operator",

@@ -122,3 +122,8 @@ def user_stacklevel() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level
+
+
+class DeviceError(EmbedflowError):
+    """A model step failed for a whole batch because of the device or the model's placement
+    (a device-side assert, tensors on different devices): fatal, never skipped as bad rows."""

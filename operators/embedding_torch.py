@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,8 @@ class TorchLayerEmbedding(Operator):
             msg = f"embedding.torch: {self.model!r} gave a {type(net).__name__}, not a torch.nn.Module"
             raise ValueError(msg)
         resolve_layer(net, self.layer)
+        if net is self.model:  # the caller's module: each replica gets its own copy, and it stays as it was
+            net = copy.deepcopy(net)
         self.net = net.to(device).eval()
         self.catch = LayerCatcher(self.net, self.layer)
 

@@ -22,15 +22,16 @@ The routine owns no thread and no process: an engine calls the phases from its o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ..errors import EmbedflowError
+from ..errors import DeviceError, EmbedflowError, user_stacklevel
 from ..operator import Operator
 from ..plan import ModelStage
 from ..rows import read_inputs, write_outputs
-from .devices import move
+from .devices import check_finite, free_device_cache, is_device_error, move
 from .failures import FailureLog
 from .steps import SKIPPED, Chunk, Guard
 
@@ -67,6 +68,35 @@ def cut_window(items: list[T], batch_size: int, key: Callable[[T], int] | None =
     return batches
 
 
+GPU_BATCH_ROWS = (256, 128)  # default batch on a GPU: texts (sorted), other inputs (images)
+GPU_BATCH_TOKENS = 32768  # default padded tokens per batch on a GPU: long texts fill it without running out of memory
+
+
+def for_device(stage: ModelStage, device: str) -> ModelStage:
+    """``stage`` sized for ``device``: the CPU-tuned defaults (32 texts, 16 images) leave a GPU
+    idle between launches, so on CUDA a step whose batch size the user did not set takes
+    256 texts (at most 32,768 padded tokens) or 128 other items; an out-of-memory batch is
+    split in halves anyway. What the user set stays.
+
+    >>> import embedflow as ef
+    >>> from embedflow.plan import lower
+    >>> stage = lower(ef.dc(["a"]).text_embedding.transformers(model_name="m").plan).model_stages[0]
+    >>> gpu = for_device(stage, "cuda:0")
+    >>> (stage.batch_size, stage.max_batch_tokens), (gpu.batch_size, gpu.max_batch_tokens)
+    ((32, None), (256, 32768))
+    """
+    if not device.startswith("cuda"):
+        return stage
+    options = stage.step.options
+    changes: dict[str, Any] = {}
+    if options.batch_size is None:
+        rows = GPU_BATCH_ROWS[0] if stage.sorts else GPU_BATCH_ROWS[1]
+        changes.update(batch_size=max(rows, stage.batch_size), window=max(stage.window, rows * 4) if stage.sorts else max(rows, stage.batch_size))
+    if stage.sorts and options.max_batch_tokens is None:
+        changes["max_batch_tokens"] = GPU_BATCH_TOKENS
+    return replace(stage, **changes) if changes else stage
+
+
 @dataclass
 class Replica:
     """One copy of a model operator, set up on its device."""
@@ -93,6 +123,7 @@ class ModelBatcher:
         self.sort_key: Callable[[Any], int] | None = op.sort_key if stage.sorts else None  # type: ignore[attr-defined]
         self.max_tokens = stage.max_batch_tokens if stage.sorts else None
         self.many = getattr(op, "preprocess_batch", None)
+        self.warned_memory = False
 
     # ---- prepare ---------------------------------------------------------------------------
     def _size(self, item: Any) -> int:
@@ -134,6 +165,7 @@ class ModelBatcher:
 
         with torch.inference_mode(), replica.autocast():
             output = move(replica.op.forward(move(collated, replica.device, non_blocking=replica.non_blocking)), "cpu")
+        check_finite(output, self.step.label)
         results = replica.op.postprocess(output)
         if len(results) != n:
             msg = f"{self.step.label}.postprocess returned {len(results)} results for a batch of {n}"
@@ -141,20 +173,48 @@ class ModelBatcher:
         return results
 
     def forward(self, replica: Replica, group: list[Prepared], collated: Any) -> list[Any]:
-        """The output rows of a batch, in the group's order (SKIPPED for a failed row)."""
+        """The output rows of a batch, in the group's order (SKIPPED for a failed row). A
+        failed batch is retried outside the handler (so its tensors can be freed): after an
+        out-of-memory error in halves, after another error item by item to name the bad row;
+        an error of the device itself is fatal."""
         try:
             results = self.run(replica, collated, len(group))
         except EmbedflowError:
             raise
         except Exception as exc:  # noqa: BLE001 - isolate the bad item, keep the good ones
+            self._check_device_error(replica, exc, len(group))
             if len(group) == 1:
                 number, row = group[0][0], group[0][1]
                 return [self.guard.handle(number, row, exc)]
-            error = exc
+            out_of_memory = type(exc).__name__ == "OutOfMemoryError"
         else:
             return [write_outputs(row, self.step.inputs, self.step.outputs, r) for (_n, row, _i, _s), r in zip(group, results)]
-        del error  # retried outside the handler: the failed batch's tensors can be freed
+        del collated  # nothing of the failed batch stays alive during the retry
+        if out_of_memory:
+            return self._halves(replica, group)
         return self._one_by_one(replica, group)
+
+    def _check_device_error(self, replica: Replica, exc: Exception, rows: int) -> None:
+        if is_device_error(exc):
+            msg = (
+                f"{self.step.label} failed on {replica.device} for a whole batch of {rows} rows: {type(exc).__name__}: {exc}. "
+                "This is an error of the device or of where the model's tensors are, not of one input, so no row is skipped"
+            )
+            raise DeviceError(msg) from exc
+
+    def _halves(self, replica: Replica, group: list[Prepared]) -> list[Any]:
+        """An out-of-memory batch run again as two halves (each halved again if needed)."""
+        free_device_cache(replica.device)
+        if not self.warned_memory:
+            self.warned_memory = True
+            warnings.warn(
+                f"{self.step.label}: out of memory on {replica.device} with a batch of {len(group)} rows; running it in halves "
+                "(a smaller batch_size or max_batch_tokens avoids the retries)",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
+        middle = len(group) // 2
+        return [out for half in (group[:middle], group[middle:]) for out in self.forward(replica, half, self.collate(half))]
 
     def _one_by_one(self, replica: Replica, group: list[Prepared]) -> list[Any]:
         out = []
@@ -164,6 +224,7 @@ class ModelBatcher:
             except EmbedflowError:
                 raise
             except Exception as exc:  # noqa: BLE001
+                self._check_device_error(replica, exc, 1)
                 out.append(self.guard.handle(number, row, exc))
                 continue
             out.append(write_outputs(row, self.step.inputs, self.step.outputs, result))

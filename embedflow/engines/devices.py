@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import PlanError
+from ..errors import EmbedflowError, PlanError
 
 
 def resolve_device(requested: str | None) -> str:
@@ -69,8 +70,11 @@ def resolve_devices(requested: str | None) -> list[str]:
 
 
 def autocast(device: str, dtype: str | None) -> Any:
-    """A factory of the autocast context for ``device``: ``auto`` is fp16 on CUDA and fp32
-    elsewhere; ``fp16``/``bf16`` ask for that precision; ``fp32`` turns autocast off.
+    """A factory of the autocast context for ``device``, built and checked once (at setup):
+    ``auto`` is bf16 on a CUDA device that has it (fp16 overflows in bf16-trained and T5-family
+    models), fp16 on older CUDA devices and fp32 elsewhere; ``fp16``/``bf16`` ask for that
+    precision — bf16 on a CUDA device without it is an error now, not a failure per batch —;
+    ``fp32`` turns autocast off.
 
     >>> autocast("cpu", None)().__class__.__name__
     'nullcontext'
@@ -79,14 +83,59 @@ def autocast(device: str, dtype: str | None) -> Any:
 
     dtype = dtype or "auto"
     if dtype == "auto":
-        dtype = "fp16" if device.startswith("cuda") else "fp32"
+        dtype = ("bf16" if bf16_supported(device) else "fp16") if device.startswith("cuda") else "fp32"
     if dtype == "fp32":
         return contextlib.nullcontext
     import torch
 
+    if dtype == "bf16" and device.startswith("cuda") and not bf16_supported(device):
+        msg = f"dtype='bf16' but {device} has no bfloat16 support; use dtype='fp16' or 'fp32'"
+        raise EmbedflowError(msg)
     torch_dtype = torch.float16 if dtype == "fp16" else torch.bfloat16
     device_type = device.split(":")[0]
-    return lambda: torch.autocast(device_type=device_type, dtype=torch_dtype)
+    factory = functools.partial(torch.autocast, device_type=device_type, dtype=torch_dtype)
+    with factory():  # fails here, once, if this device cannot autocast to that type
+        pass
+    return factory
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether the CUDA ``device`` computes in bfloat16 (Ampere and later)."""
+    import torch
+
+    with torch.cuda.device(device):
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def bind_device(device: str) -> None:
+    """Make ``device`` the current CUDA device of the calling thread (a forward thread of
+    ``cuda:1`` must not launch custom kernels, ``.cuda()`` calls or streams on device 0)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
+
+
+_DEVICE_WIDE = (
+    "device-side assert",
+    "expected all tensors to be on the same device",
+    "cuda error",
+    "cublas_status",
+    "cudnn_status",
+    "illegal memory access",
+)
+
+
+def is_device_error(exc: BaseException) -> bool:
+    """An error of the device or the model's placement, not of one input: a device-side
+    assert, tensors on different devices, an accelerator failure. Retrying such a batch item
+    by item would only fail every item (and, under ``.safe()``, skip them all)."""
+    import torch
+
+    if isinstance(exc, getattr(torch, "AcceleratorError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) and any(s in text for s in _DEVICE_WIDE)
 
 
 _LEAVES = frozenset({str, bytes, int, float, bool, type(None)})
@@ -162,3 +211,31 @@ def default_workers(cpu_models: bool) -> int:
 
         return max(1, cores - torch.get_num_threads())
     return cores
+
+
+class NonFiniteOutput(ValueError):
+    """A model gave inf or NaN: an input it cannot handle, or fp16 overflow."""
+
+
+def check_finite(output: Any, label: str) -> None:
+    """Raise :class:`NonFiniteOutput` when a float tensor of ``output`` (on the CPU, after the
+    copy back: nearly free) holds inf or NaN, instead of writing such vectors silently."""
+    bad: list[bool] = []
+
+    def look(t: Any) -> Any:
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            bad.append(True)
+        return t
+
+    map_tensors(output, look)
+    if bad:
+        msg = f"{label} gave inf/NaN values; under dtype='fp16' a model trained in bf16 (or a T5-family model) overflows: use dtype='bf16' or 'fp32'"
+        raise NonFiniteOutput(msg)
+
+
+def free_device_cache(device: str) -> None:
+    """Give cached blocks back to a CUDA device after an out-of-memory error."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..engines import FailureLog
 from ..engines.chunk import ChunkRunner
+from ..engines.devices import bind_device
 from ..errors import EmbedflowError
 from ..plan import ModelStage, PhysicalPlan, Plan, lower
 from .metrics import Metrics
@@ -179,6 +180,8 @@ class Service:
             return batch
 
     def _loop(self) -> None:
+        for replica in list(self.runner.replicas.values())[:1]:
+            bind_device(replica.device)  # this thread's current CUDA device: the first model's
         while True:
             batch = self._take()
             if not batch:

@@ -29,7 +29,7 @@ from ...errors import user_stacklevel
 from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
 from ...rows import read_inputs, write_outputs
 from ..base import Engine
-from ..batching import Replica
+from ..batching import Replica, for_device
 from ..devices import autocast, default_workers, resolve_devices
 from ..failures import FailureLog
 from ..replicas import ready
@@ -87,9 +87,9 @@ class LocalEngine(Engine):
             stage = group[0]
             if isinstance(stage, ModelStage):
                 workers = stage.workers or workers_default
-                threads = ModelStageThreads(
-                    stage, replicas[id(stage)], workers, channel, out, failures, run, progress if stage.reports_progress else None
-                )
+                reps = replicas[id(stage)]
+                sized = for_device(stage, reps[0].device)  # GPU-sized batches where the user set none
+                threads = ModelStageThreads(sized, reps, workers, channel, out, failures, run, progress if stage.reports_progress else None)
                 threads.start(run)
             elif isinstance(stage, PoolStage):
                 _start_pool(stage, stage.workers or workers_default, channel, out, failures, run)

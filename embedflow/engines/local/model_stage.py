@@ -22,7 +22,7 @@ from typing import Any
 
 from ...plan import ModelStage
 from ..batching import ModelBatcher, Prepared, Replica
-from ..devices import pin
+from ..devices import bind_device, pin
 from ..failures import FailureLog
 from ..stats import StageStats
 from ..steps import SKIPPED
@@ -174,6 +174,7 @@ class ModelStageThreads:
 
     # ---- forward: one thread per replica ---------------------------------------------------
     def forward_loop(self, replica: Replica, stats: StageStats) -> None:
+        bind_device(replica.device)  # this thread's current CUDA device is its replica's
         while True:
             entry = self.batches.get(stats)
             if entry is END:

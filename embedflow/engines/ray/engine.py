@@ -65,9 +65,24 @@ def ensure_ray(address: str | None = None, ordered: bool = True) -> Any:
     return ray
 
 
-def use_gpu_guess(device: str, gpus_in_cluster: float) -> bool:
-    """Whether a model step's actors ask Ray for a GPU."""
-    return device.startswith("cuda") or (device == "auto" and gpus_in_cluster > 0)
+def gpu_request(device: str, gpus_in_cluster: float, gpu_steps: int) -> float:
+    """The GPUs one actor of a model step asks Ray for: 0 on the CPU; on GPUs a share, so that
+    the ``gpu_steps`` model steps of a plan fit on the same GPUs side by side instead of each
+    waiting for every GPU. ``cuda`` on a cluster without GPUs, or one GPU by index (Ray assigns
+    GPUs itself), fail now: Ray would wait forever for the GPU.
+
+    >>> gpu_request("auto", 2, 2), gpu_request("auto", 0, 1), gpu_request("cpu", 4, 1)
+    (0.5, 0, 0)
+    """
+    if device.startswith("cuda:"):
+        msg = f"device={device!r} names one GPU, but on Ray each actor gets the GPU Ray assigns it: use device='cuda' (or 'auto')"
+        raise PlanError(msg)
+    if device == "cuda" and gpus_in_cluster <= 0:
+        msg = "device='cuda' but the Ray cluster has no GPU (Ray would wait for one forever); use device='cpu' or 'auto', or add GPU nodes"
+        raise PlanError(msg)
+    if device == "cuda" or (device == "auto" and gpus_in_cluster > 0):
+        return 1 / max(1, gpu_steps)
+    return 0
 
 
 def _check(physical: PhysicalPlan) -> None:
@@ -197,7 +212,9 @@ class RayEngine(Engine):
     def _model(ds: Any, stage: ModelStage, physical: PhysicalPlan, ray: Any) -> Any:
         resources = ray.cluster_resources()
         gpus_in_cluster = resources.get("GPU", 0)
-        use_gpu = use_gpu_guess(stage.device, gpus_in_cluster)
+        gpu_steps = sum(1 for s in physical.model_stages if s.device in ("cuda", "auto"))
+        num_gpus = gpu_request(stage.device, gpus_in_cluster, gpu_steps)
+        use_gpu = num_gpus > 0
         # a CPU model actor takes all CPUs of one node but one (torch threads = its CPUs); the
         # cheap tasks beside it need at least one, or Ray could never schedule them
         node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=resources.get("CPU", 2))
@@ -218,7 +235,7 @@ class RayEngine(Engine):
             batch_format="numpy",
             batch_size=ray_batch,
             compute=ray.data.ActorPoolStrategy(size=max(1, concurrency)),
-            num_gpus=1 if use_gpu else 0,
+            num_gpus=num_gpus,
             num_cpus=cpus,
             zero_copy_batch=False,
         )
