@@ -114,6 +114,7 @@ def bind_device(device: str) -> None:
         import torch
 
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # input shapes repeat (fixed image sizes): pick the fastest kernels once
 
 
 _DEVICE_WIDE = (

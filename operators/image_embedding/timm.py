@@ -18,9 +18,12 @@ from embedflow import Operator
 from embedflow.errors import did_you_mean
 from embedflow.models import model_packages, resolve_model
 
+from .._device_decode import Encoded, decode_on, read_encoded, to_pixels
 from .._layers import POOLS, LayerCatcher, pool_output
 from .._onnx import Session, cache_key, check_backend, check_export, choose_backend, export_module, exported, files_of
 from ..image_decode import decode_image
+
+DECODES = ("auto", "cpu", "device")
 
 # Model families for which ONNX Runtime was measured faster than torch (channels_last) on the
 # CPU at parity, by at least 1.2x (benchmarks/bench_images.py: see RESULTS.md): backend="auto"
@@ -44,6 +47,11 @@ class TimmImageEmbedding(Operator):
         backend: ``"torch"``, ``"onnx"`` (ONNX Runtime on the CPU; exported once, checked and
             cached; not with ``layer=``) or ``"auto"`` (default): ONNX Runtime on the CPU for the
             families measured >= 1.2x faster there (ResNet), when installed; torch otherwise.
+        decode: where a path or bytes input is decoded: ``"cpu"`` (PIL, in the engine's
+            threads), ``"device"`` (the threads read bytes; JPEGs are decoded in batches on the
+            model's device — nvJPEG on CUDA — and resized, cropped and normalised there; other
+            formats fall back to PIL per file), or ``"auto"`` (default): ``device`` on CUDA,
+            ``cpu`` elsewhere. Inputs decoded earlier (an ``image_decode`` step) skip it.
         channels_last: run in the channels-last memory layout; default: on for models with
             2-D convolutions (+21% images/s for resnet18 on a 2-core CPU, and the layout GPU
             tensor cores want), off otherwise. The values are the same up to float rounding.
@@ -68,6 +76,7 @@ class TimmImageEmbedding(Operator):
         layer: str | int | None = None,
         pool: str = "avg",
         backend: str = "auto",
+        decode: str = "auto",
         **create_kwargs: Any,
     ):
         import timm
@@ -85,6 +94,10 @@ class TimmImageEmbedding(Operator):
             raise ValueError(msg)
         self.layer, self.pool = layer, pool
         self.backend = check_backend("image_embedding.timm", backend)
+        if decode not in DECODES:
+            msg = f"image_embedding.timm: decode={decode!r} is not one of {', '.join(map(repr, DECODES))}"
+            raise ValueError(msg)
+        self.decode = decode
         if backend == "onnx" and layer is not None:
             msg = "image_embedding.timm: layer= needs backend='torch' (the ONNX export holds the pooled features only)"
             raise ValueError(msg)
@@ -140,6 +153,8 @@ class TimmImageEmbedding(Operator):
         self.model = model.to(device).eval()
         config = resolve_data_config({}, model=model)
         self.transform = create_transform(**config)
+        self.config, self.device = config, device
+        self.on_device = self.decode == "device" or (self.decode == "auto" and device.startswith("cuda"))
         if self.layer is not None:
             self.catch = LayerCatcher(self.model, self.layer)
         measured = any(self.model_name.startswith(family) for family in ONNX_MEASURED)
@@ -175,6 +190,8 @@ class TimmImageEmbedding(Operator):
         return "num_classes" in self.create_kwargs
 
     def preprocess(self, image: Any) -> Any:
+        if self.on_device:
+            return read_encoded(image)  # bytes only: decoded on the device with the batch
         from PIL import Image
 
         if not isinstance(image, Image.Image):
@@ -186,10 +203,20 @@ class TimmImageEmbedding(Operator):
     def collate(self, items: list[Any]) -> Any:
         import torch
 
+        if self.on_device:
+            return Encoded(items)
         batch = torch.stack(items)
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def forward(self, batch: Any) -> Any:
+        if isinstance(batch, Encoded):  # decode, resize, crop, normalise here, on the device
+            import torch
+
+            batch = to_pixels(decode_on(batch.items, self.device), self.config)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            if self.backend_used == "onnx":
+                batch = batch.cpu()
         if self.backend_used == "onnx":
             import torch
 

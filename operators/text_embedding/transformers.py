@@ -175,6 +175,7 @@ class TransformersTextEmbedding(Operator):
         self.limit = self._token_limit(source)
         self.input_names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
         self.pad_id = int(tokenizer.pad_token_id)
+        self.pad_multiple = 8 if device.startswith("cuda") else 1
         self._fast = self._private_fast_tokenizer()
         self.encoder = _hidden_states_module()(self.model, self.layer).eval()
         backend = "onnx" if self.quantize_weights else self.backend  # int8 weights exist only on ONNX Runtime
@@ -294,19 +295,19 @@ class TransformersTextEmbedding(Operator):
         return len(item["input_ids"])
 
     def collate(self, items: list[dict[str, list[int]]]) -> dict[str, Any]:
-        """Pad to the longest item, always on the right: position ids then stay those of an
-        unpadded text for decoders too (left padding would shift GPT-2's positions)."""
+        """Pad to the longest item (on a GPU, to a multiple of 8: tensor-core friendly shapes),
+        always on the right: position ids then stay those of an unpadded text for decoders too
+        (left padding would shift GPT-2's positions). Built in numpy arrays, not lists."""
         import torch
 
-        width = max(len(it["input_ids"]) for it in items)
+        lengths = [len(it["input_ids"]) for it in items]
+        width = -(-max(lengths) // self.pad_multiple) * self.pad_multiple
         batch = {}
         for key in items[0]:
-            pad = self.pad_id if key == "input_ids" else 0
-            rows = []
-            for it in items:
-                fill = [pad] * (width - len(it[key]))
-                rows.append(it[key] + fill)
-            batch[key] = torch.tensor(rows, dtype=torch.long)
+            rows = np.full((len(items), width), self.pad_id if key == "input_ids" else 0, dtype=np.int64)
+            for row, it, n in zip(rows, items, lengths):
+                row[:n] = it[key]
+            batch[key] = torch.from_numpy(rows)
         return batch
 
     def forward(self, batch: dict[str, Any]) -> Any:
