@@ -34,6 +34,9 @@ EXAMPLES = {
     "milvus_search": {"uri": "x.db", "collection": "c"},
     "embedding.torch": {"model": small_net, "layer": -2},  # a factory: called per test
     "word_embedding.transformers": {"model_name": MINILM},
+    "image_text_embedding.clip": {"model_name": "openai/clip-vit-base-patch32", "modality": "text"},
+    "nearest": {"index": "index.parquet", "limit": 3},
+    "quantize": {"precision": "binary"},
 }
 
 BUILTIN = sorted(n for n in ef.list_operators() if registry.operator_source(n).startswith("package embedflow "))
