@@ -140,10 +140,11 @@ def decode_image(source: Any, max_side: int | None = None, draft: bool = False) 
         except (OSError, ValueError) as exc:
             msg = f"image {_describe(source)} could not be converted to RGB: {exc}"
             raise ImageDecodeError(msg) from exc
-    if max_side is not None and max(rgb.shape[:2]) > max_side:
-        small = Image.fromarray(rgb)
-        small.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-        rgb = np.asarray(small)
+    height, width = rgb.shape[:2]
+    if max_side is not None and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC))  # exact, antialiased (no box pre-reduce)
     return rgb
 
 
@@ -152,8 +153,9 @@ class ImageDecode(Operator):
 
     Parameters:
         max_side: shrink each image (aspect kept, bicubic) so that no side is longer; ``None``
-            (default) keeps the full size. Models resize anyway: a ``max_side`` a little above
-            the model's input (e.g. 512 for 224-pixel models) saves their resize most of its work.
+            (default) keeps the full size. Models resize anyway: keep it well above the model's
+            input (512 for 224-pixel models: a 4:3 photo's shorter side must stay above the 256
+            the model's transform resizes to, or it is upscaled again and loses detail).
         draft: with ``max_side``, decode JPEGs directly at 1/2–1/8 scale (PIL's draft mode):
             several times faster on large photos, and the pixels change slightly (see the
             README for the measured speed and cosine against the exact path).
