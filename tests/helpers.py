@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .conftest import ROOT, write_fake_distribution
@@ -124,3 +128,19 @@ def wait_for_shards(parts: Path, count: int, proc, timeout: float = 60) -> list[
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     raise AssertionError("no shards appeared")
+
+
+@contextlib.contextmanager
+def python_server(code: str, cwd: Path) -> Iterator[str]:
+    """Run ``code`` (a chain's ``.serve(port=0)``) in a Python subprocess; yield its URL once it
+    listens; Ctrl-C it afterwards and check that it exits 0."""
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, stderr=subprocess.PIPE, text=True, env={**os.environ, "EMBEDFLOW_PROGRESS": "0"})
+    try:
+        line = ""
+        while "serving" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the server exited before it listened"
+        yield re.search(r"(http://\S+)", line).group(1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0

@@ -21,6 +21,7 @@ import pytest
 import embedflow as ef
 
 from .conftest import ROOT, requires
+from .helpers import python_server
 
 pytestmark = pytest.mark.slow
 httpx = requires("httpx", "test")
@@ -198,19 +199,10 @@ def test_sigterm_drains_the_requests_in_flight_and_exits_0(sample_texts):
 
 def test_a_chain_serves_from_python(tmp_path):
     code = "import embedflow as ef\nef.dc['text']([]).map['text', ('n', 'upper')](lambda t: (len(t), t.upper())).serve(port=0, name='lengths')\n"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    try:
-        line = ""
-        while "serving" not in line:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None
-        url = re.search(r"(http://\S+)", line).group(1)
+    with python_server(code, tmp_path) as url:
         assert httpx.post(url + "/run", json={"rows": [{"text": "abcd"}]}).json() == {"rows": [{"text": "abcd", "n": 4, "upper": "ABCD"}]}
         reply = httpx.post(url + "/v1/embeddings", json={"input": "x"})
         assert reply.status_code == 400 and "does not map one text to one vector; use POST /run" in reply.json()["error"]["message"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
 
 
 def test_without_the_serve_extra_the_message_says_how_to_install():

@@ -5,8 +5,6 @@ the extra, and explain(analyze=True) says which backend ran."""
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,6 +17,7 @@ import embedflow as ef
 from embedflow.engines.replicas import cached
 
 from ..conftest import ROOT, requires
+from ..helpers import python_server
 
 requires("onnxruntime", "onnx")
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -121,19 +120,8 @@ def test_the_server_runs_the_onnx_backend(tiny_bert, tmp_path):
     httpx = requires("httpx", "test")
     requires("fastapi", "serve")
     code = f"import embedflow as ef\nef.dc['text']([]).text_embedding.transformers['text', 'vec'](model_name={tiny_bert!r}, backend='onnx').serve(port=0)\n"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE, text=True, env={**os.environ, "EMBEDFLOW_PROGRESS": "0"}
-    )
-    try:
-        line = ""
-        while "serving" not in line:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None
-        url = re.search(r"(http://\S+)", line).group(1)
+    with python_server(code, tmp_path) as url:
         got = httpx.post(url + "/v1/embeddings", json={"input": TEXTS[:3]}, timeout=60).json()["data"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
     want = ef.dc(TEXTS[:3]).text_embedding.transformers(model_name=tiny_bert, backend="torch").to_numpy()
     np.testing.assert_allclose(np.array([d["embedding"] for d in got]), want, rtol=1e-4, atol=1e-5)
 
