@@ -152,3 +152,28 @@ def test_gpu_sized_batches_unless_the_user_set_them():
     assert (mine.batch_size, mine.max_batch_tokens) == (8, 999)
     images = lower(ef.dc([1]).image_embedding.timm(model_name="resnet18", pretrained=False).plan).model_stages[0]
     assert (for_device(images, "cuda").batch_size, for_device(images, "cuda").max_batch_tokens) == (128, None)
+
+
+def test_low_precision_weights_are_cast_once_instead_of_autocast(sample_texts, sample_images):
+    import contextlib
+
+    from embedflow.engines.batching import make_replica
+    from embedflow.engines.replicas import cached
+
+    chain = ef.dc(sample_texts[:16]).text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2", dtype="bf16", backend="torch")
+    low = np.stack(chain.normalize().to_list())
+    op = cached(chain.plan.steps[0])["cpu"]
+    assert next(op.model.parameters()).dtype == torch.bfloat16  # the weights themselves, cast once
+    assert make_replica("cpu", op, "bf16").autocast is contextlib.nullcontext  # so no autocast per batch
+    full = (
+        ef.dc(sample_texts[:16])
+        .text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2", backend="torch")
+        .normalize()
+        .to_numpy()
+    )
+    assert low.dtype == np.float32 and float((low * full).sum(1).min()) > 0.999  # all 120 sentences: 0.99993
+    images = [str(p) for p in sample_images[:4]]
+    low = ef.dc(images).image_embedding.timm(model_name="efficientnet_lite0", dtype="bf16", backend="torch").normalize().to_numpy()
+    full = ef.dc(images).image_embedding.timm(model_name="efficientnet_lite0", backend="torch").normalize().to_numpy()
+    assert float((low * full).sum(1).min()) > 0.99  # all 36 photos: 0.9973
+    assert make_replica("cpu", Recorder(), "bf16").autocast is not contextlib.nullcontext  # no cast_weights: autocast

@@ -31,7 +31,7 @@ from ..errors import DeviceError, EmbedflowError, user_stacklevel
 from ..operator import Operator
 from ..plan import ModelStage
 from ..rows import read_inputs, write_outputs
-from .devices import check_finite, free_device_cache, is_device_error, move
+from .devices import autocast, check_finite, free_device_cache, is_device_error, move, precision
 from .failures import FailureLog
 from .steps import SKIPPED, Chunk, Guard
 
@@ -105,6 +105,23 @@ class Replica:
     op: Operator
     autocast: Callable[[], Any]  # a factory of the autocast context
     non_blocking: bool = False  # copies to the device may overlap compute (pinned memory)
+
+
+def make_replica(device: str, op: Operator, dtype: str | None, non_blocking: bool = False) -> Replica:
+    """A replica of ``op`` on ``device`` at ``dtype``: an operator that can cast its weights
+    (``cast_weights(torch_dtype) -> True``) is cast once and runs without autocast — autocast
+    re-casts the weights in every batch (its cache is off under ``inference_mode``); others run
+    under autocast."""
+    import contextlib
+
+    wanted = precision(device, dtype)
+    cast = getattr(op, "cast_weights", None)
+    if wanted != "fp32" and cast is not None:
+        import torch
+
+        if cast(torch.float16 if wanted == "fp16" else torch.bfloat16):
+            return Replica(device, op, contextlib.nullcontext, non_blocking)
+    return Replica(device, op, autocast(device, dtype), non_blocking)
 
 
 class ModelBatcher:

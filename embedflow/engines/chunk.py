@@ -20,8 +20,8 @@ from typing import Any
 from ..errors import PlanError
 from ..plan import Apply, CheapStage, ModelStage, PhysicalPlan, PoolStage, Stage
 from ..rows import read_inputs, write_outputs
-from .batching import ModelBatcher, Replica
-from .devices import autocast, default_workers, resolve_devices
+from .batching import ModelBatcher, Replica, make_replica
+from .devices import default_workers, resolve_devices
 from .failures import FailureLog
 from .replicas import ready
 from .steps import Chunk, Guard, drop_skipped, run_cheap
@@ -52,7 +52,7 @@ class ChunkRunner:
     def _replica(stage: ModelStage) -> Replica:
         device = resolve_devices(stage.device)[0]
         ((_d, op),) = ready(stage.step, [device])
-        return Replica(device, op, autocast(device, stage.dtype), device.startswith("cuda"))
+        return make_replica(device, op, stage.dtype, device.startswith("cuda"))
 
     def run(self, numbers: Sequence[int], rows: list[Any], failures: FailureLog, sizes: dict[int, int] | None = None) -> Chunk:
         """The output of ``rows`` (with their source row numbers); failing rows are recorded in

@@ -81,9 +81,7 @@ def autocast(device: str, dtype: str | None) -> Any:
     """
     import contextlib
 
-    dtype = dtype or "auto"
-    if dtype == "auto":
-        dtype = ("bf16" if bf16_supported(device) else "fp16") if device.startswith("cuda") else "fp32"
+    dtype = precision(device, dtype)
     if dtype == "fp32":
         return contextlib.nullcontext
     import torch
@@ -97,6 +95,19 @@ def autocast(device: str, dtype: str | None) -> Any:
     with factory():  # fails here, once, if this device cannot autocast to that type
         pass
     return factory
+
+
+def precision(device: str, dtype: str | None) -> str:
+    """``fp32``, ``fp16`` or ``bf16``: what ``dtype`` (``auto`` or None: bf16 on a CUDA device
+    that has it, else fp16 on CUDA, fp32 elsewhere) means on ``device``.
+
+    >>> precision("cpu", None), precision("cpu", "bf16")
+    ('fp32', 'bf16')
+    """
+    dtype = dtype or "auto"
+    if dtype == "auto":
+        return ("bf16" if bf16_supported(device) else "fp16") if device.startswith("cuda") else "fp32"
+    return dtype
 
 
 def bf16_supported(device: str) -> bool:

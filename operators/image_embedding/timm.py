@@ -154,6 +154,7 @@ class TimmImageEmbedding(Operator):
         config = resolve_data_config({}, model=model)
         self.transform = create_transform(**config)
         self.config, self.device = config, device
+        self.weights_dtype: Any = None  # set by cast_weights
         self.on_device = self.decode == "device" or (self.decode == "auto" and device.startswith("cuda"))
         if self.layer is not None:
             self.catch = LayerCatcher(self.model, self.layer)
@@ -184,6 +185,14 @@ class TimmImageEmbedding(Operator):
         self.model = None  # ONNX Runtime holds the weights now
         self.channels_last = False
         return Session(path, torch.get_num_threads())
+
+    def cast_weights(self, dtype: Any) -> bool:
+        """fp16/bf16 weights, cast once (the engine then runs no autocast); not for ONNX Runtime."""
+        if self.backend_used == "onnx":
+            return False
+        self.model.to(dtype)
+        self.weights_dtype = dtype
+        return True
 
     def _head_changed(self, model: Any) -> bool:
         """A checkpoint's classifier may not fit when num_classes was changed; features still do."""
@@ -217,6 +226,8 @@ class TimmImageEmbedding(Operator):
                 batch = batch.contiguous(memory_format=torch.channels_last)
             if self.backend_used == "onnx":
                 batch = batch.cpu()
+        if self.weights_dtype is not None:
+            batch = batch.to(self.weights_dtype)
         if self.backend_used == "onnx":
             import torch
 

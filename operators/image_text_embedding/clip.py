@@ -59,6 +59,7 @@ class ClipEmbedding(Operator):
         source = str(resolve_model(self.model_name))
         options = {"trust_remote_code": self.trust_remote_code}
         self.model = AutoModel.from_pretrained(source, **options).to(device).eval()
+        self.weights_dtype: Any = None  # set by cast_weights
         if self.modality == "image":
             self.processor = AutoImageProcessor.from_pretrained(source, **options)
         else:
@@ -66,6 +67,12 @@ class ClipEmbedding(Operator):
             limit = getattr(self.model.config.text_config, "max_position_embeddings", 77)
             self.limit = min(self.max_length or limit, limit)
             self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+
+    def cast_weights(self, dtype: Any) -> bool:
+        """fp16/bf16 weights, cast once (the engine then runs no autocast)."""
+        self.model.to(dtype)
+        self.weights_dtype = dtype
+        return True
 
     def preprocess(self, item: Any) -> Any:
         if self.modality == "image":
@@ -91,7 +98,7 @@ class ClipEmbedding(Operator):
 
     def forward(self, batch: Any) -> Any:
         if self.modality == "image":
-            out = self.model.get_image_features(pixel_values=batch)
+            out = self.model.get_image_features(pixel_values=batch if self.weights_dtype is None else batch.to(self.weights_dtype))
         else:
             out = self.model.get_text_features(**batch)
         return getattr(out, "pooler_output", out)  # transformers 5 returns an output object, 4 a tensor

@@ -275,6 +275,13 @@ class TransformersTextEmbedding(Operator):
             out.append(item)
         return out
 
+    def cast_weights(self, dtype: Any) -> bool:
+        """fp16/bf16 weights, cast once (the engine then runs no autocast); not for ONNX Runtime."""
+        if self.backend_used == "onnx":
+            return False
+        self.model.to(dtype)
+        return True
+
     def _count_truncated(self, n: int) -> None:
         if n:
             with self._lock:

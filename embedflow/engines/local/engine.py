@@ -29,8 +29,8 @@ from ...errors import user_stacklevel
 from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
 from ...rows import read_inputs, write_outputs
 from ..base import Engine
-from ..batching import Replica, for_device
-from ..devices import autocast, default_workers, resolve_devices
+from ..batching import Replica, for_device, make_replica
+from ..devices import default_workers, resolve_devices
 from ..failures import FailureLog
 from ..replicas import ready
 from ..stats import RunStats, StageStats
@@ -104,7 +104,7 @@ class LocalEngine(Engine):
     def _replicas(stage: ModelStage) -> list[Replica]:
         devices = resolve_devices(stage.device)
         pinned = any(d.startswith("cuda") for d in devices)
-        return [Replica(device, op, autocast(device, stage.dtype), pinned) for device, op in ready(stage.step, devices)]
+        return [make_replica(device, op, stage.dtype, pinned) for device, op in ready(stage.step, devices)]
 
 
 def _warn_run_notes(replicas: list[Replica]) -> None:

@@ -17,8 +17,8 @@ from ... import registry
 from ...io.readers import BadRow, Part
 from ...models import allow_import
 from ...plan import Apply, ModelStage, Step
-from ..batching import ModelBatcher, Replica, for_device
-from ..devices import autocast, bind_device, cpu_count, resolve_device
+from ..batching import ModelBatcher, for_device, make_replica
+from ..devices import bind_device, cpu_count, resolve_device
 from ..failures import Failure
 from ..replicas import fresh
 from ..steps import run_cheap
@@ -107,7 +107,7 @@ class ModelActor:
         self.device = resolve_device(device)
         bind_device(self.device)  # the actor's thread works on the GPU Ray gave it
         self.stage = for_device(self.stage, self.device)
-        self.replica = Replica(self.device, fresh(self.stage.step, self.device), autocast(self.device, self.stage.dtype))
+        self.replica = make_replica(self.device, fresh(self.stage.step, self.device), self.stage.dtype)
         self.key_column = key_column
 
     @carry_errors
