@@ -306,3 +306,20 @@ def test_a_killed_model_actor_loses_and_duplicates_no_row(tmp_path, registered):
         result["summary"] = run_pipeline(read_pipeline(path), engine="ray", progress=False)
     assert result["summary"].written == len(lines)
     assert pq.read_table(out).column("text").to_pylist() == lines  # every row once, in order
+
+
+def test_actors_run_the_onnx_backend(tmp_path):
+    """backend='onnx' inside Ray's model actors: the vectors torch gives (a tiny random BERT)."""
+    requires("onnxruntime", "onnx")
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(
+        tmp_path
+    )
+    AutoTokenizer.from_pretrained(ef.resolve_model("sentence-transformers/all-MiniLM-L6-v2")).save_pretrained(tmp_path)
+    texts = ["x", "a short one", "a much longer sentence that the shorter ones are padded to", ""]
+    on_ray = ef.dc(texts).text_embedding.transformers(model_name=str(tmp_path), backend="onnx", batch_size=2).set_engine("ray").to_numpy()
+    local = ef.dc(texts).text_embedding.transformers(model_name=str(tmp_path), backend="torch").to_numpy()
+    np.testing.assert_allclose(on_ray, local, rtol=1e-4, atol=1e-5)

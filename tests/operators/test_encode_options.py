@@ -36,14 +36,20 @@ def test_prompt_truncate_dim_and_normalize_equal_sentence_transformers(st, sampl
     assert float((plain[:, :128] * got[:3]).sum(1).max()) < 0.999  # the prompt changes the vectors
 
 
+@pytest.fixture(scope="module")
+def corpus(st):
+    """100 sentences to quantize and 300 to calibrate on, with sentence-transformers' vectors."""
+    lines = (DATA / "texts" / "python_docs.txt").read_text(encoding="utf-8").splitlines()
+    calibration, texts = lines[:300], lines[300:400]
+    return texts, st.encode(calibration, normalize_embeddings=True), st.encode(texts, normalize_embeddings=True)
+
+
 @pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
-def test_precision_equals_quantize_embeddings_with_the_same_calibration(st, precision, tmp_path):
+def test_precision_equals_quantize_embeddings_with_the_same_calibration(corpus, precision, tmp_path):
     from sentence_transformers.util.quantization import quantize_embeddings
 
-    corpus = (DATA / "texts" / "python_docs.txt").read_text(encoding="utf-8").splitlines()
-    calibration, texts = corpus[:300], corpus[300:400]
-    reference = st.encode(calibration, normalize_embeddings=True)
-    want = quantize_embeddings(st.encode(texts, normalize_embeddings=True), precision, calibration_embeddings=reference)
+    texts, reference, vectors = corpus
+    want = quantize_embeddings(vectors, precision, calibration_embeddings=reference)
     np.save(tmp_path / "calibration.npy", reference)
     options = {"calibration": str(tmp_path / "calibration.npy")} if precision in ("int8", "uint8") else {}
     got = np.stack(embed(texts, normalize=True, precision=precision, **options))

@@ -102,20 +102,6 @@ def test_auto_picks_onnx_for_bert_on_the_cpu_and_the_environment_can_decide(tiny
 
 
 @pytest.mark.slow
-def test_ray_actors_run_the_onnx_backend(tiny_bert):
-    ray = requires("ray", "ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    try:
-        chain = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx", batch_size=2)
-        on_ray = chain.set_engine("ray").to_numpy()
-    finally:
-        ray.shutdown()
-    np.testing.assert_allclose(
-        on_ray, ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="torch").to_numpy(), rtol=1e-4, atol=1e-5
-    )
-
-
-@pytest.mark.slow
 def test_the_server_runs_the_onnx_backend(tiny_bert, tmp_path):
     httpx = requires("httpx", "test")
     requires("fastapi", "serve")
