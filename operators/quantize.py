@@ -66,9 +66,10 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = No
 
 
 class Quantize(Operator):
-    """Quantize vectors (see the module docstring): ``precision`` is ``"float32"``, ``"int8"``,
-    ``"uint8"``, ``"binary"`` or ``"ubinary"``; ``int8``/``uint8`` take ``ranges`` or
-    ``calibration``.
+    """Quantize vectors to int8, uint8 or packed bits, as sentence-transformers does.
+
+    ``precision`` is ``"float32"``, ``"int8"``, ``"uint8"``, ``"binary"`` or ``"ubinary"``;
+    ``int8``/``uint8`` take ``ranges`` or ``calibration`` (see the module docstring).
 
     >>> Quantize(precision="uint8", ranges=[[0.0, 0.0], [1.0, 2.0]]).preprocess(np.array([0.5, 2.0]))
     array([127, 254], dtype=uint8)
