@@ -253,10 +253,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = args.traceback or os.environ.get("EMBEDFLOW_DEBUG", "") not in ("", "0")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         print("embedflow: interrupted; finished rows are saved — run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (embedflow ops | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # noqa: BLE001 - every error becomes one line and an exit code
         if debug:
             traceback.print_exc()

@@ -20,7 +20,7 @@ from ._layers import POOLS, LayerCatcher, pool_output, resolve_layer
 
 
 class TorchLayerEmbedding(Operator):
-    """Run a torch model and keep one layer's output (a forward hook; the model is not copied).
+    """Run a torch model and keep one layer's output (caught with a forward hook).
 
     Parameters:
         model: an ``nn.Module``, or in YAML an importable ``"package.module:factory"``.
@@ -31,7 +31,8 @@ class TorchLayerEmbedding(Operator):
             or max-pooled (``"max"``) to one vector; ``"none"`` keeps the whole output.
 
     Input: an array or tensor (one example, without the batch dimension). Output: float32.
-    The forward pass stops at the layer, so later layers cost nothing.
+    The forward pass stops at the layer, so later layers cost nothing. A module you pass is
+    copied for each device it runs on (moved and put in eval mode there); yours is left as it was.
     """
 
     batchable = True

@@ -200,3 +200,15 @@ def test_milvus_under_skip_writes_the_errors_file(tmp_path, sample_images):
     assert (summary.written, summary.failed) == (1, 1)
     (record,) = [json.loads(line) for line in (tmp_path / "s.db.errors.jsonl").read_text().splitlines()]
     assert record["key"].endswith("b.jpg") and record["step"] == "image_decode"
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`embedflow ops | head -1`: no 'Broken pipe' error line, exit 0."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "embedflow", "ops"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert b"Broken pipe" not in proc.stderr.read()
