@@ -17,9 +17,9 @@ from ..errors import EmbedflowError, PlanError
 from .files import plain_value
 from .keys import row_key
 from .sinks import Sink, SinkContext
+from .vector_index import check_metric as check_index_metric
 
 INSTALL_HINT = "Milvus support needs pymilvus and Milvus Lite, which are not installed: pip install 'embedflow[milvus]'"
-METRICS = ("COSINE", "IP", "L2")
 
 
 def client(uri: str | os.PathLike[str], token: str | None = None) -> Any:
@@ -39,12 +39,12 @@ def client(uri: str | os.PathLike[str], token: str | None = None) -> Any:
 
 
 def check_metric(metric: str) -> str:
-    """The metric in upper case, or an error listing the valid ones."""
-    upper = str(metric).upper()
-    if upper not in METRICS:
-        msg = f"milvus: metric={metric!r} is not one of {', '.join(METRICS)}"
-        raise PlanError(msg)
-    return upper
+    """The metric as Milvus spells it (upper case), or an error listing the valid ones — the
+    same metrics as the in-memory index's."""
+    try:
+        return check_index_metric(metric).upper()
+    except ValueError as exc:
+        raise PlanError(f"milvus: {exc}") from None
 
 
 class MilvusSink(Sink):
