@@ -58,6 +58,12 @@ class Operator:
     #: server then accepts such a column only as uploaded bytes or a path under its files root.
     reads_files: ClassVar[bool] = False
 
+    @classmethod
+    def opens_files(cls, params: dict[str, Any]) -> bool:
+        """Whether a step of this operator with ``params`` opens its string inputs as paths
+        (default: ``reads_files``); an operator whose parameters decide it overrides this."""
+        return cls.reads_files
+
     def setup(self, device: str) -> None:
         """Load weights or other state once per worker; default does nothing."""
 

@@ -54,13 +54,13 @@ class Shape:
         applies = [s for s in plan.steps if isinstance(s, Apply)]
         for step in applies:
             cls_ = operator_class(step)
-            if is_operator_class(cls_) and cls_.reads_files:
+            if is_operator_class(cls_) and cls_.opens_files(step.params):
                 files.update(c for c in step.inputs or () if c not in produced)
             produced.update(step.outputs or step.inputs or ())
         last = applies[-1] if applies else None
         one_text = inputs is not None and len(inputs) == 1 and not files
         vector = last.outputs[0] if last is not None and last.outputs and len(last.outputs) == 1 else None
-        searches = last is not None and last.name == "milvus_search"
+        searches = last is not None and last.name in ("milvus_search", "nearest")
         search = ("image" if files else "text") if searches else None
         return cls(
             name,

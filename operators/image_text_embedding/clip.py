@@ -39,6 +39,11 @@ class ClipEmbedding(Operator):
 
     batchable = True
     default_batch_size = 32
+    reads_files = True  # modality="image": a path input is opened here (a server accepts it only under its files root)
+
+    @classmethod
+    def opens_files(cls, params: dict[str, Any]) -> bool:
+        return params.get("modality", "image") == "image"
 
     def __init__(self, model_name: str, modality: str = "image", max_length: int | None = None, trust_remote_code: bool = False):
         if not isinstance(model_name, str) or not model_name:

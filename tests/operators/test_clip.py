@@ -87,3 +87,14 @@ def test_words_find_photos_through_the_bundled_pipelines(tiny_clip, sample_image
     assert len(hits) == 3 and all(str(h["path"]).endswith(".jpg") for h in hits)  # random weights: the ranks mean nothing
     scores = [h["distance"] for h in hits]  # cosine similarity, best first
     assert scores == sorted(scores, reverse=True)
+
+
+def test_a_server_opens_image_paths_only_under_its_root_and_treats_queries_as_text(tiny_clip):
+    requires("fastapi", "serve")
+    from embedflow.serve.protocol import Shape
+
+    images = ef.dc["path"]([]).image_text_embedding.clip["path", "vec"](model_name=tiny_clip, modality="image")
+    texts = ef.dc["query"]([]).image_text_embedding.clip["query", "vec"](model_name=tiny_clip, modality="text")
+    assert Shape.of(images, "photos").files == {"path"}  # a path (or URL) is checked against --files-root
+    text_shape = Shape.of(texts, "words")
+    assert text_shape.files == frozenset() and text_shape.text_input == "query"  # /v1/embeddings works for words
