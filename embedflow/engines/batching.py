@@ -206,7 +206,7 @@ class ModelBatcher:
             out_of_memory = type(exc).__name__ == "OutOfMemoryError"
         else:
             return [write_outputs(row, self.step.inputs, self.step.outputs, r) for (_n, row, _i, _s), r in zip(group, results)]
-        del collated  # nothing of the failed batch stays alive during the retry
+        del collated  # the handler is left: the failed batch's device tensors went with its traceback
         if out_of_memory:
             return self._halves(replica, group)
         return self._one_by_one(replica, group)
