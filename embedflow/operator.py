@@ -57,6 +57,11 @@ class Operator:
     #: True: a string input may be a file path that ``preprocess`` opens (image_decode). A
     #: server then accepts such a column only as uploaded bytes or a path under its files root.
     reads_files: ClassVar[bool] = False
+    #: threads the engine gives ``preprocess`` when the step does not say ``workers=``; None:
+    #: the engine decides from the machine. ``setup`` may set it: an operator whose preprocess
+    #: only hands work elsewhere (worker processes, the GPU) needs few threads, and every extra
+    #: thread wanting the GIL slows the thread that launches the GPU's work.
+    preprocess_threads: int | None = None
 
     @classmethod
     def opens_files(cls, params: dict[str, Any]) -> bool:

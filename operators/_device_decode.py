@@ -63,6 +63,7 @@ def decode_on(items: list[tuple[str, Any]], device: str) -> list[Any]:
     jpegs = [i for i, (_label, data) in enumerate(items) if isinstance(data, bytes) and data[:3] == JPEG_MAGIC]
     if jpegs:
         datas = [torch.frombuffer(bytearray(items[i][1]), dtype=torch.uint8) for i in jpegs]
+        fence(device)
         try:
             with warnings.catch_warnings():  # torchvision 0.29 points at torchcodec; the decoder itself is what we want
                 warnings.filterwarnings(
@@ -71,6 +72,8 @@ def decode_on(items: list[tuple[str, Any]], device: str) -> list[Any]:
                 decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
         except RuntimeError:  # one file it cannot read fails the call: the others one by one
             decoded = [_one_jpeg(d, device) for d in datas]
+        finally:
+            fence(device)
         for i, tensor in zip(jpegs, decoded):
             out[i] = tensor
     for i, (label, data) in enumerate(items):
@@ -81,6 +84,19 @@ def decode_on(items: list[tuple[str, Any]], device: str) -> list[Any]:
                 raise ImageDecodeError(f"image {label}: {exc}") from exc
             out[i] = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(device)
     return out
+
+
+def fence(device: str) -> None:
+    """On CUDA, wait until the device has done all the work queued so far. nvJPEG writes on
+    torchvision's own stream, into memory the caching allocator hands out for the current
+    stream: without a fence before the call, it can overwrite a buffer that queued work (the
+    previous batch's copy back, launched but not finished) still reads — seen on an H200 as
+    wrong vectors (min cosine 0.76 against the PIL path); after the call, so nothing reads a
+    picture before it is written. Costs the overlap of decode with the previous batch only."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def _one_jpeg(data: Any, device: str) -> Any:

@@ -7,8 +7,11 @@ shared by the local engine, the Ray actors and the server.
               item to name a bad row), with its size (``sort_key``)
     cut       sort a window of prepared items by size, cut batches by rows or padded tokens
     collate   one batch, on the CPU
-    forward   on the device under inference_mode and autocast, back to the CPU, postprocess,
-              one result per row written back into the row
+    forward   launch: the batch to the device (a side stream on CUDA), ``forward`` under
+              inference_mode and autocast, the copy back started; finish: wait for the copy,
+              postprocess, one result per row written back into the row. An engine may
+              launch the next batch before it finishes this one, so the GPU never waits for
+              the CPU's postprocess
     retry     a batch that fails is run again item by item, so one bad input is named (or
               skipped under ``.safe()``) and the good ones are kept
 
@@ -31,7 +34,7 @@ from ..errors import DeviceError, EmbedflowError, user_stacklevel
 from ..operator import Operator
 from ..plan import ModelStage
 from ..rows import read_inputs, write_outputs
-from .devices import autocast, check_finite, free_device_cache, is_device_error, move, precision
+from .devices import autocast, check_finite, free_device_cache, is_device_error, map_tensors, move, precision
 from .failures import FailureLog
 from .steps import SKIPPED, Chunk, Guard
 
@@ -105,6 +108,20 @@ class Replica:
     op: Operator
     autocast: Callable[[], Any]  # a factory of the autocast context
     non_blocking: bool = False  # copies to the device may overlap compute (pinned memory)
+    copy_stream: Any = None  # CUDA: the stream batches are copied on, beside the compute
+
+
+@dataclass
+class InFlight:
+    """A batch launched on a device: its output still on the way back (``event`` marks the copy
+    done), or the outcome of a launch that failed (``done``, or a ``retry`` to run)."""
+
+    group: list[Prepared]
+    collated: Any = None  # kept alive until the copy to the device is done (pinned memory)
+    output: Any = None
+    event: Any = None
+    done: list[Any] | None = None  # a one-row batch that failed at launch: its row's outcome
+    retry: str | None = None  # "halves" (out of memory) or "items" (another error)
 
 
 def make_replica(device: str, op: Operator, dtype: str | None, non_blocking: bool = False) -> Replica:
@@ -115,13 +132,18 @@ def make_replica(device: str, op: Operator, dtype: str | None, non_blocking: boo
     import contextlib
 
     wanted = precision(device, dtype)
+    stream = None
+    if device.startswith("cuda") and non_blocking:
+        import torch
+
+        stream = torch.cuda.Stream(device)
     cast = getattr(op, "cast_weights", None)
     if wanted != "fp32" and cast is not None:
         import torch
 
         if cast(torch.float16 if wanted == "fp16" else torch.bfloat16):
-            return Replica(device, op, contextlib.nullcontext, non_blocking)
-    return Replica(device, op, autocast(device, dtype), non_blocking)
+            return Replica(device, op, contextlib.nullcontext, non_blocking, stream)
+    return Replica(device, op, autocast(device, dtype), non_blocking, stream)
 
 
 class ModelBatcher:
@@ -176,12 +198,28 @@ class ModelBatcher:
 
     # ---- forward ---------------------------------------------------------------------------
     def run(self, replica: Replica, collated: Any, n: int) -> list[Any]:
-        """One batch on the replica's device: move it there, ``forward`` under
-        ``inference_mode`` and autocast, move the output back, ``postprocess`` to ``n`` results."""
+        """One batch on the replica's device, start to end: ``n`` postprocessed results."""
+        return self.finish(replica, *self.launch(replica, collated), n)
+
+    def launch(self, replica: Replica, collated: Any) -> tuple[Any, Any]:
+        """Move a batch to the device, ``forward`` it under ``inference_mode`` and autocast and
+        start the copy back: ``(output, event)`` — on CUDA the output lands in pinned memory
+        when ``event`` is done, elsewhere it is there already (``event`` None)."""
         import torch
 
         with torch.inference_mode(), replica.autocast():
-            output = move(replica.op.forward(move(collated, replica.device, non_blocking=replica.non_blocking)), "cpu")
+            output = replica.op.forward(_to_device(replica, collated))
+            if not replica.device.startswith("cuda"):
+                return move(output, "cpu"), None
+            output = map_tensors(output, _back_to_cpu)
+            event = torch.cuda.Event()
+            event.record()
+            return output, event
+
+    def finish(self, replica: Replica, output: Any, event: Any, n: int) -> list[Any]:
+        """Wait for a launched batch's output, check it, ``postprocess`` it to ``n`` results."""
+        if event is not None:
+            event.synchronize()
         check_finite(output, self.step.label)
         results = replica.op.postprocess(output)
         if len(results) != n:
@@ -189,27 +227,47 @@ class ModelBatcher:
             raise EmbedflowError(msg)
         return results
 
-    def forward(self, replica: Replica, group: list[Prepared], collated: Any) -> list[Any]:
-        """The output rows of a batch, in the group's order (SKIPPED for a failed row). A
-        failed batch is retried outside the handler (so its tensors can be freed): after an
-        out-of-memory error in halves, after another error item by item to name the bad row;
-        an error of the device itself is fatal."""
+    def begin(self, replica: Replica, group: list[Prepared], collated: Any) -> InFlight:
+        """Launch a batch; a launch that fails is noted for :meth:`complete` to retry."""
         try:
-            results = self.run(replica, collated, len(group))
+            output, event = self.launch(replica, collated)
         except EmbedflowError:
             raise
         except Exception as exc:  # noqa: BLE001 - isolate the bad item, keep the good ones
             self._check_device_error(replica, exc, len(group))
             if len(group) == 1:
-                number, row = group[0][0], group[0][1]
-                return [self.guard.handle(number, row, exc)]
-            out_of_memory = type(exc).__name__ == "OutOfMemoryError"
-        else:
-            return [write_outputs(row, self.step.inputs, self.step.outputs, r) for (_n, row, _i, _s), r in zip(group, results)]
-        del collated  # the handler is left: the failed batch's device tensors went with its traceback
-        if out_of_memory:
+                return InFlight(group, done=[self.guard.handle(group[0][0], group[0][1], exc)])
+            return InFlight(group, retry="halves" if type(exc).__name__ == "OutOfMemoryError" else "items")
+        return InFlight(group, collated, output, event)
+
+    def complete(self, replica: Replica, flight: InFlight) -> list[Any]:
+        """The output rows of a launched batch, in the group's order (SKIPPED for a failed
+        row). A failed batch is retried outside the handler (so its tensors can be freed):
+        after an out-of-memory error in halves, after another error item by item to name the
+        bad row; an error of the device itself is fatal."""
+        group = flight.group
+        if flight.done is not None:
+            return flight.done
+        if flight.retry is None:
+            try:
+                results = self.finish(replica, flight.output, flight.event, len(group))
+            except EmbedflowError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self._check_device_error(replica, exc, len(group))
+                if len(group) == 1:
+                    return [self.guard.handle(group[0][0], group[0][1], exc)]
+                flight.retry = "halves" if type(exc).__name__ == "OutOfMemoryError" else "items"
+            else:
+                return [write_outputs(row, self.step.inputs, self.step.outputs, r) for (_n, row, _i, _s), r in zip(group, results)]
+        flight.output = flight.collated = flight.event = None  # the handler is left: the failed batch's tensors can go
+        if flight.retry == "halves":
             return self._halves(replica, group)
         return self._one_by_one(replica, group)
+
+    def forward(self, replica: Replica, group: list[Prepared], collated: Any) -> list[Any]:
+        """:meth:`begin` then :meth:`complete`: one batch's output rows."""
+        return self.complete(replica, self.begin(replica, group, collated))
 
     def _check_device_error(self, replica: Replica, exc: Exception, rows: int) -> None:
         if is_device_error(exc):
@@ -263,3 +321,34 @@ class ModelBatcher:
                 results[i] = out
         kept = [(p[0], out) for p, out in zip(prepared, results) if out is not SKIPPED]
         return [n for n, _ in kept], [out for _, out in kept]
+
+
+def _back_to_cpu(t: Any) -> Any:
+    """A device tensor's copy to pinned CPU memory, started; fp16/bf16 made fp32 on the device
+    first (free there, while on the CPU the conversion is torch's threaded work beside the
+    pipeline's threads)."""
+    import torch
+
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return t.to("cpu", non_blocking=True)
+
+
+def _to_device(replica: Replica, collated: Any) -> Any:
+    """The batch on the replica's device; on CUDA copied on the replica's copy stream, so the
+    copy overlaps the compute of the batch before it."""
+    if replica.copy_stream is None:
+        return move(collated, replica.device, non_blocking=replica.non_blocking)
+    import torch
+
+    with torch.cuda.stream(replica.copy_stream):
+        moved = move(collated, replica.device, non_blocking=True)
+    compute = torch.cuda.current_stream(replica.device)
+    compute.wait_stream(replica.copy_stream)
+
+    def owned_by_compute(t: Any) -> Any:  # its memory is not reused before the compute is done
+        if t.device.type == "cuda":
+            t.record_stream(compute)
+        return t
+
+    return map_tensors(moved, owned_by_compute)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from .._onnx import (
 )
 from ..quantize import check_precision
 from ..quantize import quantize as quantize_vectors
+from ._tokens import PROCESS_FEEDERS, Tokens, auto_processes
 
 # Model families for which ONNX Runtime was measured faster than torch on the CPU at parity
 # by at least 1.2x (benchmarks/bench_text.py, MiniLM: see RESULTS.md): backend="auto" picks it
@@ -82,6 +82,9 @@ class TransformersTextEmbedding(Operator):
             0.995 against fp32 (benchmarks/bench_quantize.py); the export is refused if the
             cosine on a check batch falls under 0.99. ``None`` (default): full precision.
             (This is the model's weights; ``precision=`` is the output vectors'.)
+        tokenizer_processes: tokenize in this many worker processes (beyond the GIL: one
+            process's threads stop near 15,000 texts/s); ``0``: in this process's threads;
+            default: half the cores (at most 8) when the model runs on a GPU, else 0.
 
     Each result is a float32 numpy array: shape ``(hidden,)``, or ``(tokens, hidden)`` for
     ``pooling="none"``. Not normalised: add ``.normalize()`` for cosine similarity (it then
@@ -108,6 +111,7 @@ class TransformersTextEmbedding(Operator):
         ranges: Any = None,
         calibration: Any = None,
         return_token_ids: bool = False,
+        tokenizer_processes: int | None = None,
     ):
         if not isinstance(model_name, str) or not model_name:
             msg = f"text_embedding.transformers: model_name={model_name!r} must be a hub id or a folder path"
@@ -148,8 +152,12 @@ class TransformersTextEmbedding(Operator):
         self.pooling = pooling
         self.max_length = max_length
         self.trust_remote_code = bool(trust_remote_code)
-        self._lock = threading.Lock()
-        self._truncated = 0  # texts cut to the length limit since the last run_warnings()
+        if tokenizer_processes is not None and (
+            isinstance(tokenizer_processes, bool) or not isinstance(tokenizer_processes, int) or tokenizer_processes < 0
+        ):
+            msg = f"text_embedding.transformers: tokenizer_processes={tokenizer_processes!r} must be 0 (threads) or a number of processes such as 8"
+            raise ValueError(msg)
+        self.tokenizer_processes = tokenizer_processes
 
     # ---- loading ---------------------------------------------------------------------------
     def setup(self, device: str) -> None:
@@ -174,9 +182,19 @@ class TransformersTextEmbedding(Operator):
         self.model = model.to(device).eval()
         self.limit = self._token_limit(source)
         self.input_names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
-        self.pad_id = int(tokenizer.pad_token_id)
-        self.pad_multiple = 8 if device.startswith("cuda") else 1
-        self._fast = self._private_fast_tokenizer()
+        processes = auto_processes(device) if self.tokenizer_processes is None else self.tokenizer_processes
+        self.tokens = Tokens(
+            getattr(tokenizer, "backend_tokenizer", None),
+            self.limit,
+            self.input_names,
+            pad_id=int(tokenizer.pad_token_id),
+            prompt=self.prompt,
+            pad_multiple=8 if device.startswith("cuda") else 1,
+            processes=processes,
+            tokenizer=tokenizer,
+        )
+        if self.tokens.pool is not None:  # the threads only pass texts to the processes
+            self.preprocess_threads = PROCESS_FEEDERS
         self.encoder = _hidden_states_module()(self.model, self.layer).eval()
         backend = "onnx" if self.quantize_weights else self.backend  # int8 weights exist only on ONNX Runtime
         self.backend_used = choose_backend(backend, device, measured=model.config.model_type in ONNX_MEASURED)
@@ -225,55 +243,14 @@ class TransformersTextEmbedding(Operator):
         model_max = getattr(self.tokenizer, "model_max_length", positions) or positions
         return int(min(model_max, positions))
 
-    def _private_fast_tokenizer(self) -> Any:
-        """A copy of the Rust tokenizer configured once (truncate, never pad), safe to share
-        between threads because nothing changes its settings afterwards."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            return None
-        from tokenizers import Tokenizer
-
-        fast = Tokenizer.from_str(backend.to_str())
-        fast.no_padding()
-        fast.enable_truncation(self.limit)
-        return fast
-
     # ---- the item path -------------------------------------------------------------------------
-    def preprocess(self, text: Any) -> dict[str, list[int]]:
-        if not isinstance(text, str):
-            msg = f"text_embedding.transformers expects a str, got {type(text).__name__}: {text!r:.60}"
-            raise TypeError(msg)
-        if self.prompt:
-            text = self.prompt + text
-        if self._fast is not None:
-            enc = self._fast.encode(text)
-            self._count_truncated(1 if enc.overflowing else 0)
-            item = {"input_ids": enc.ids, "attention_mask": enc.attention_mask}
-            if "token_type_ids" in self.input_names:
-                item["token_type_ids"] = enc.type_ids
-            return item
-        with self._lock:  # slow tokenizers are not thread-safe
-            enc = self.tokenizer(text, truncation=True, max_length=self.limit, return_overflowing_tokens=False)
-            self._truncated += int(len(enc["input_ids"]) >= self.limit)  # at the limit: (almost always) cut
-        return {k: list(enc[k]) for k in self.input_names if k in enc}
+    def preprocess(self, text: Any) -> dict[str, Any]:
+        return self.tokens.one(text)
 
-    def preprocess_batch(self, inputs: list[tuple[Any, ...]]) -> list[dict[str, list[int]]]:
-        """Tokenize several texts in one call of the Rust tokenizer (its own threads)."""
-        texts = [args[0] for args in inputs]
-        if self._fast is None or not all(isinstance(t, str) for t in texts):
-            return [self.preprocess(t) for t in texts]
-        if self.prompt:
-            texts = [self.prompt + t for t in texts]
-        with_types = "token_type_ids" in self.input_names
-        out = []
-        encodings = self._fast.encode_batch(texts)
-        self._count_truncated(sum(1 for enc in encodings if enc.overflowing))
-        for enc in encodings:
-            item = {"input_ids": enc.ids, "attention_mask": enc.attention_mask}
-            if with_types:
-                item["token_type_ids"] = enc.type_ids
-            out.append(item)
-        return out
+    def preprocess_batch(self, inputs: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """Tokenize several texts at once: in the worker processes (``tokenizer_processes``),
+        else in one call of the Rust tokenizer (its own threads)."""
+        return self.tokens.many([args[0] for args in inputs])
 
     def cast_weights(self, dtype: Any) -> bool:
         """fp16/bf16 weights, cast once (the engine then runs no autocast); not for ONNX Runtime."""
@@ -282,15 +259,9 @@ class TransformersTextEmbedding(Operator):
         self.model.to(dtype)
         return True
 
-    def _count_truncated(self, n: int) -> None:
-        if n:
-            with self._lock:
-                self._truncated += n
-
     def run_warnings(self) -> list[str]:
         """Once per run (the engine asks): how many texts were cut to the length limit."""
-        with self._lock:
-            n, self._truncated = self._truncated, 0
+        n = self.tokens.take_truncated()
         if not n:
             return []
         return [
@@ -301,21 +272,9 @@ class TransformersTextEmbedding(Operator):
     def sort_key(self, item: dict[str, list[int]]) -> int:
         return len(item["input_ids"])
 
-    def collate(self, items: list[dict[str, list[int]]]) -> dict[str, Any]:
-        """Pad to the longest item (on a GPU, to a multiple of 8: tensor-core friendly shapes),
-        always on the right: position ids then stay those of an unpadded text for decoders too
-        (left padding would shift GPT-2's positions). Built in numpy arrays, not lists."""
-        import torch
-
-        lengths = [len(it["input_ids"]) for it in items]
-        width = -(-max(lengths) // self.pad_multiple) * self.pad_multiple
-        batch = {}
-        for key in items[0]:
-            rows = np.full((len(items), width), self.pad_id if key == "input_ids" else 0, dtype=np.int64)
-            for row, it, n in zip(rows, items, lengths):
-                row[:n] = it[key]
-            batch[key] = torch.from_numpy(rows)
-        return batch
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Padded on the right to the longest text (a multiple of 8 on a GPU), with the mask."""
+        return self.tokens.collate(items)
 
     def forward(self, batch: dict[str, Any]) -> Any:
         import torch

@@ -47,3 +47,29 @@ def test_auto_decodes_on_the_cpu_here_and_a_wrong_value_is_refused():
     assert cached(chain.plan.steps[0])["cpu"].on_device is False
     with pytest.raises(ef.ParameterError, match="decode='gpu' is not one of 'auto', 'cpu', 'device'"):
         ef.dc([1]).image_embedding.timm(model_name="resnet18", decode="gpu")
+
+
+def test_the_gpu_decoder_is_fenced_on_both_sides(sample_images, monkeypatch):
+    """nvJPEG writes on its own stream: the device must be idle before the call (no queued
+    work still reading memory it may be given) and after it (no picture read half-written)."""
+    import torch
+    import torchvision.io
+
+    from embedflow_operators import _device_decode
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("sync", device)))
+    real = torchvision.io.decode_jpeg
+
+    def decode(data, **kwargs):
+        calls.append(("decode", kwargs["device"]))
+        return real(data, **{**kwargs, "device": "cpu"})
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode)
+    items = [_device_decode.read_encoded(str(p)) for p in sample_images[:3]]
+    out = _device_decode.decode_on(items, "cuda:0")
+    assert calls == [("sync", "cuda:0"), ("decode", "cuda:0"), ("sync", "cuda:0")]
+    assert [tuple(t.shape[:1]) for t in out] == [(3,)] * 3
+    calls.clear()
+    _device_decode.decode_on(items, "cpu")
+    assert calls == [("decode", "cpu")]

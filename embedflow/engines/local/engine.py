@@ -86,8 +86,8 @@ class LocalEngine(Engine):
             out = run.channel(type(group[0]).__name__, CHANNEL_CHUNKS)
             stage = group[0]
             if isinstance(stage, ModelStage):
-                workers = stage.workers or workers_default
                 reps = replicas[id(stage)]
+                workers = stage.workers or getattr(reps[0].op, "preprocess_threads", None) or workers_default
                 sized = for_device(stage, reps[0].device)  # GPU-sized batches where the user set none
                 threads = ModelStageThreads(sized, reps, workers, channel, out, failures, run, progress if stage.reports_progress else None)
                 threads.start(run)

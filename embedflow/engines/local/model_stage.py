@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...plan import ModelStage
-from ..batching import ModelBatcher, Prepared, Replica
+from ..batching import InFlight, ModelBatcher, Prepared, Replica
 from ..devices import bind_device, pin
 from ..failures import FailureLog
 from ..stats import StageStats
@@ -174,7 +174,11 @@ class ModelStageThreads:
 
     # ---- forward: one thread per replica ---------------------------------------------------
     def forward_loop(self, replica: Replica, stats: StageStats) -> None:
+        """On CUDA the next batch is launched before this one is finished (waited for and
+        postprocessed), so the device always has work queued; elsewhere one at a time."""
         bind_device(replica.device)  # this thread's current CUDA device is its replica's
+        overlap = replica.device.startswith("cuda")
+        pending: tuple[list[int], InFlight] | None = None
         while True:
             entry = self.batches.get(stats)
             if entry is END:
@@ -182,13 +186,25 @@ class ModelStageThreads:
             group, collated = entry
             t0 = time.perf_counter()
             stats.items_in += len(group)
-            outputs = self.batcher.forward(replica, [p for _seq, p in group], collated)
+            launched = ([seq for seq, _p in group], self.batcher.begin(replica, [p for _seq, p in group], collated))
+            del collated
+            if pending is not None:
+                self._complete(replica, *pending, stats)
+            pending = launched
+            if not overlap:
+                self._complete(replica, *pending, stats)
+                pending = None
             stats.busy += time.perf_counter() - t0
-            stats.items_out += len(group)
-            if self.progress is not None:
-                self.progress(len(group))
-            self.done.put([(seq, p[0], out) for (seq, p), out in zip(group, outputs)], stats)
+        if pending is not None:
+            self._complete(replica, *pending, stats)
         self.done.finish()
+
+    def _complete(self, replica: Replica, seqs: list[int], flight: InFlight, stats: StageStats) -> None:
+        outputs = self.batcher.complete(replica, flight)
+        stats.items_out += len(seqs)
+        if self.progress is not None:
+            self.progress(len(seqs))
+        self.done.put([(seq, p[0], out) for seq, p, out in zip(seqs, flight.group, outputs)], stats)
 
     # ---- collect: in input order, or as rows finish ----------------------------------------
     def collect_loop(self) -> None:

@@ -1,0 +1,154 @@
+"""Texts to token ids, and token ids to padded batches, for ``text_embedding.transformers``.
+
+A prepared text is ``{"input_ids": ids, "token_type_ids": types}`` (lists or int arrays; no
+attention mask: every token of an unpadded text is real, so :meth:`Tokens.collate` builds the
+mask from the lengths). Texts are tokenized by a private copy of the fast (Rust) tokenizer —
+in this process, or in worker processes (:mod:`.._tokenizer_pool`) when ``processes`` > 0.
+
+>>> from tokenizers import Tokenizer, models, pre_tokenizers
+>>> fast = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
+>>> fast.pre_tokenizer = pre_tokenizers.Whitespace()
+>>> tokens = Tokens(fast, limit=8, input_names=["input_ids", "attention_mask"], pad_id=0)
+>>> batch = tokens.collate(tokens.many(["a b a", "b"]))
+>>> batch["input_ids"].tolist(), batch["attention_mask"].tolist()
+([[1, 2, 1], [2, 0, 0]], [[1, 1, 1], [1, 0, 0]])
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from .._tokenizer_pool import TokenizerPool, TokenizerWorkerError
+
+MAX_AUTO_PROCESSES = 8
+PROCESS_FEEDERS = 4  # threads enough to keep the worker processes busy (each call waits on one)
+
+
+def auto_processes(device: str, cores: int | None = None) -> int:
+    """Tokenizer processes when the step does not say: none on the CPU (the model uses the
+    cores, and threads keep up with a CPU model); on a GPU half the cores, at most 8, when there
+    are at least 4 (a GPU embeds faster than one process's threads tokenize).
+
+    >>> auto_processes("cpu", 16), auto_processes("cuda:0", 16), auto_processes("cuda:0", 2)
+    (0, 8, 0)
+    """
+    if not device.startswith("cuda"):
+        return 0
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - macOS / Windows
+            cores = os.cpu_count() or 1
+    return min(MAX_AUTO_PROCESSES, cores // 2) if cores >= 4 else 0
+
+
+class Tokens:
+    """The tokenization of one model step (see the module docstring).
+
+    ``fast``: a ``tokenizers.Tokenizer`` (or None: the slow ``tokenizer`` is used, under a
+    lock); ``limit``: tokens kept per text; ``pad_multiple``: pad widths to a multiple of this
+    (8 on a GPU: tensor-core friendly shapes).
+    """
+
+    def __init__(
+        self,
+        fast: Any,
+        limit: int,
+        input_names: list[str],
+        pad_id: int,
+        prompt: str | None = None,
+        pad_multiple: int = 1,
+        processes: int = 0,
+        tokenizer: Any = None,
+    ):
+        self.limit, self.prompt, self.pad_id, self.pad_multiple = limit, prompt, pad_id, pad_multiple
+        self.with_types = "token_type_ids" in input_names
+        self.tokenizer = tokenizer
+        self.fast = None
+        if fast is not None:  # a copy configured once (truncate, never pad): safe to share between threads
+            from tokenizers import Tokenizer
+
+            self.fast = Tokenizer.from_str(fast.to_str())
+            self.fast.no_padding()
+            self.fast.enable_truncation(limit)
+        self.pool = TokenizerPool(self.fast.to_str(), processes, self.with_types) if processes and self.fast is not None else None
+        self._lock = threading.Lock()
+        self._truncated = 0
+
+    # ---- tokenize ----------------------------------------------------------------------------
+    def one(self, text: Any) -> dict[str, Any]:
+        """One text's token ids (a TypeError naming the value for a non-string)."""
+        if not isinstance(text, str):
+            msg = f"text_embedding.transformers expects a str, got {type(text).__name__}: {text!r:.60}"
+            raise TypeError(msg)
+        if self.prompt:
+            text = self.prompt + text
+        if self.fast is not None:
+            enc = self.fast.encode(text)
+            self._count(1 if enc.overflowing else 0)
+            return self._item(enc.ids, enc.type_ids)
+        with self._lock:  # slow tokenizers are not thread-safe
+            enc = self.tokenizer(text, truncation=True, max_length=self.limit, return_overflowing_tokens=False)
+            self._truncated += int(len(enc["input_ids"]) >= self.limit)  # at the limit: (almost always) cut
+        return self._item(list(enc["input_ids"]), list(enc.get("token_type_ids") or [0] * len(enc["input_ids"])))
+
+    def many(self, texts: list[Any]) -> list[dict[str, Any]]:
+        """Several texts at once: in a worker process (a pool), else in one call of the Rust
+        tokenizer (its own threads); item by item for a slow tokenizer or a non-string."""
+        if self.fast is None or not all(isinstance(t, str) for t in texts):
+            return [self.one(t) for t in texts]
+        if self.prompt:
+            texts = [self.prompt + t for t in texts]
+        if self.pool is not None:
+            try:
+                packed = self.pool.encode(texts)
+            except TokenizerWorkerError:
+                pass  # tokenized here instead; a text the tokenizer refuses is then named by the caller
+            else:
+                self._count(packed.truncated)
+                return [self._item(ids, types) for ids, types in packed.items()]
+        encodings = self.fast.encode_batch(texts)
+        self._count(sum(1 for enc in encodings if enc.overflowing))
+        return [self._item(enc.ids, enc.type_ids) for enc in encodings]
+
+    def _item(self, ids: Any, types: Any) -> dict[str, Any]:
+        return {"input_ids": ids, "token_type_ids": types} if self.with_types else {"input_ids": ids}
+
+    # ---- batches -----------------------------------------------------------------------------
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad to the longest item (to a multiple of ``pad_multiple``), always on the right:
+        position ids then stay those of an unpadded text for decoders too (left padding would
+        shift GPT-2's positions). Built in numpy arrays, not lists."""
+        import torch
+
+        lengths = np.fromiter((len(it["input_ids"]) for it in items), np.int64, len(items))
+        width = -(-int(lengths.max()) // self.pad_multiple) * self.pad_multiple
+        batch = {}
+        for key in items[0]:
+            rows = np.full((len(items), width), self.pad_id if key == "input_ids" else 0, dtype=np.int64)
+            for row, it, n in zip(rows, items, lengths.tolist()):
+                row[:n] = it[key]
+            batch[key] = torch.from_numpy(rows)
+        batch["attention_mask"] = torch.from_numpy((np.arange(width) < lengths[:, None]).astype(np.int64))
+        return batch
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def _count(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self._truncated += n
+
+    def take_truncated(self) -> int:
+        """Texts cut to the limit since the last call."""
+        with self._lock:
+            n, self._truncated = self._truncated, 0
+        return n
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self.pool is not None:
+            self.pool.close()
