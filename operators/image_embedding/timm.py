@@ -21,6 +21,7 @@ from embedflow.models import model_packages, resolve_model
 from .._device_decode import Encoded, decode_on, read_encoded, to_pixels
 from .._layers import POOLS, LayerCatcher, pool_output
 from .._onnx import Session, cache_key, check_backend, check_export, choose_backend, export_module, exported, files_of
+from .._pixels import normalize_batch, split_transform
 from ..image_decode import decode_image
 
 DECODES = ("auto", "cpu", "device")
@@ -156,6 +157,8 @@ class TimmImageEmbedding(Operator):
         self.config, self.device = config, device
         self.weights_dtype: Any = None  # set by cast_weights
         self.on_device = self.decode == "device" or (self.decode == "auto" and device.startswith("cuda"))
+        # decoded on the CPU: resized and cropped there, kept uint8 until the device normalises the batch
+        self.uint8 = None if self.on_device else split_transform(self.transform)
         if self.layer is not None:
             self.catch = LayerCatcher(self.model, self.layer)
         measured = any(self.model_name.startswith(family) for family in ONNX_MEASURED)
@@ -207,6 +210,8 @@ class TimmImageEmbedding(Operator):
             image = Image.fromarray(decode_image(image))
         elif image.mode != "RGB":
             image = Image.fromarray(decode_image(image))
+        if self.uint8 is not None:
+            return np.asarray(self.uint8[0](image))  # HWC uint8, resized and cropped
         return self.transform(image)
 
     def collate(self, items: list[Any]) -> Any:
@@ -214,23 +219,27 @@ class TimmImageEmbedding(Operator):
 
         if self.on_device:
             return Encoded(items)
+        if self.uint8 is not None:
+            return torch.from_numpy(np.stack(items))  # NHWC uint8: normalised on the device
         batch = torch.stack(items)
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def forward(self, batch: Any) -> Any:
-        if isinstance(batch, Encoded):  # decode, resize, crop, normalise here, on the device
-            import torch
+        import torch
 
+        if isinstance(batch, Encoded):  # decode, resize, crop, normalise here, on the device
             batch = to_pixels(decode_on(batch.items, self.device), self.config)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             if self.backend_used == "onnx":
                 batch = batch.cpu()
+        elif self.uint8 is not None and batch.dtype == torch.uint8:
+            batch = normalize_batch(batch, *self.uint8[1:])  # NHWC in memory: channels-last already
+            if not self.channels_last:
+                batch = batch.contiguous()
         if self.weights_dtype is not None:
             batch = batch.to(self.weights_dtype)
         if self.backend_used == "onnx":
-            import torch
-
             return torch.from_numpy(self.session({"pixels": np.ascontiguousarray(batch.numpy())})[0])
         if self.layer is not None:
             return pool_output(self.catch(batch), self.pool)

@@ -118,3 +118,23 @@ def test_channels_last_is_on_for_conv_nets_and_gives_the_same_vectors(resnet_che
     np.testing.assert_allclose(auto.to_numpy(), plain.to_numpy(), rtol=1e-4, atol=1e-5)
     assert cached(auto.plan.steps[0])["cpu"].channels_last is True  # the replica the run set up
     assert cached(plain.plan.steps[0])["cpu"].channels_last is False
+
+
+def test_cpu_decoded_batches_travel_as_uint8_and_normalise_to_timms_values(sample_images):
+    """decode='cpu': the threads resize and crop, the batch is uint8 NHWC (a quarter of float
+    pixels' bytes) and the device normalises it to exactly what timm's transform gives."""
+    import torch
+    from PIL import Image
+
+    from embedflow.engines.replicas import cached
+    from embedflow_operators._pixels import normalize_batch
+
+    chain = ef.dc([str(p) for p in sample_images[:3]]).image_embedding.timm(model_name="resnet18", pretrained=False, decode="cpu")
+    chain.to_list()
+    op = cached(chain.plan.steps[0])["cpu"]
+    batch = op.collate([op.preprocess(str(p)) for p in sample_images[:3]])
+    assert batch.dtype == torch.uint8 and tuple(batch.shape) == (3, 224, 224, 3)
+    pixels = normalize_batch(batch, *op.uint8[1:])
+    expected = torch.stack([op.transform(Image.open(p).convert("RGB")) for p in sample_images[:3]])
+    assert torch.equal(pixels, expected)
+    assert pixels.is_contiguous(memory_format=torch.channels_last)
