@@ -31,6 +31,9 @@ class Operator:
       built, so a bad value fails before any model loads).
     * ``setup(device)`` — load weights once per worker, on ``device`` (a string such as
       ``"cpu"`` or ``"cuda:0"``). Called before the first item.
+    * ``setup_preprocess(device)`` — optional: load only what ``preprocess`` needs (a
+      tokenizer, a transform), no weights, for a process that never runs ``forward``: Ray's
+      CPU tasks preparing items for a model actor on ``device`` (a GPU).
     * ``preprocess(*inputs)`` — CPU work for one item (decode, tokenize); must be thread-safe.
       Receives one positional argument per input column.
     * ``preprocess_batch(list_of_input_tuples) -> list`` — optional: prepare several items

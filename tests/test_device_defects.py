@@ -137,6 +137,21 @@ def test_ray_asks_for_gpus_it_can_have():
         gpu_request("cuda:1", 4, 1)
 
 
+def test_ray_gpu_actors_get_items_prepared_by_cpu_tasks_when_the_operator_can():
+    from embedflow.engines.ray.engine import prepare_in_tasks
+    from embedflow.plan import lower
+
+    def stage(chain):
+        return lower(chain.plan).model_stages[0]
+
+    text = stage(ef.dc(["a"]).text_embedding.transformers(model_name="m"))
+    image = stage(ef.dc(["a"]).image_embedding.timm(model_name="resnet18", pretrained=False))
+    plain = stage(ef.dc([1]).map(Recorder(), batch_size=4))
+    assert prepare_in_tasks(True, text) and prepare_in_tasks(True, image)
+    assert not prepare_in_tasks(False, text)  # a CPU actor prepares its own
+    assert not prepare_in_tasks(True, plain)  # no setup_preprocess: the actor prepares
+
+
 def test_gpu_sized_batches_unless_the_user_set_them():
     from embedflow.engines.batching import for_device
     from embedflow.plan import lower

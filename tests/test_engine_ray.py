@@ -323,3 +323,45 @@ def test_actors_run_the_onnx_backend(tmp_path):
     on_ray = ef.dc(texts).text_embedding.transformers(model_name=str(tmp_path), backend="onnx", batch_size=2).set_engine("ray").to_numpy()
     local = ef.dc(texts).text_embedding.transformers(model_name=str(tmp_path), backend="torch").to_numpy()
     np.testing.assert_allclose(on_ray, local, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_tasks_prepare_for_a_gpu_actor_with_the_same_answers(sample_texts, sample_images, tmp_path, monkeypatch):
+    """On GPUs, tokenizing and decoding run in Ray's CPU tasks (the operator set up without its
+    weights) and the actor gets (row, item, size): forced here on the CPU, the vectors, the
+    order and the skipped rows are the local engine's."""
+    from embedflow.engines.ray import engine as ray_engine
+    from embedflow.engines.ray.tasks import can_prepare_elsewhere
+
+    used = []
+
+    def prepare_in_tasks(use_gpu, stage):
+        used.append(can_prepare_elsewhere(stage))
+        return used[-1]
+
+    monkeypatch.setattr(ray_engine, "prepare_in_tasks", prepare_in_tasks)
+    texts = sample_texts[:40]
+    chain = ef.dc(texts).text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2", backend="torch", batch_size=8)
+    np.testing.assert_allclose(chain.set_engine("ray").to_numpy(), chain.set_engine("local").to_numpy(), atol=1e-5)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff" + b"not a jpeg" * 20)
+    paths = [str(sample_images[0]), str(bad), str(sample_images[1])]
+    failed: list = []
+    on_ray = ef.dc(paths).safe(errors=failed).image_embedding.timm(model_name="resnet18", checkpoint_path=str(_resnet18(tmp_path)), pretrained=False)
+    vectors = on_ray.set_engine("ray").to_numpy()
+    local = (
+        ef.dc([paths[0], paths[2]]).image_embedding.timm(model_name="resnet18", checkpoint_path=str(_resnet18(tmp_path)), pretrained=False).to_numpy()
+    )
+    np.testing.assert_allclose(vectors, local, atol=1e-4)
+    assert len(failed) == 1 and "broken.jpg" in str(failed[0])
+    assert used == [True, True]
+
+
+def _resnet18(folder):
+    import timm
+    import torch
+
+    path = folder / "resnet18.pth"
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    return path

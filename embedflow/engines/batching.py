@@ -311,7 +311,10 @@ class ModelBatcher:
         without the rows that failed under ``.safe()``. For engines that batch elsewhere (a
         Ray actor gets a block of rows) and for requests gathered by a server; ``sizes``
         receives each prepared row's size (its ``sort_key``: tokens, for text)."""
-        prepared = [p for p in self.prepare(numbers, rows) if p is not SKIPPED]
+        return self.process_prepared(replica, [p for p in self.prepare(numbers, rows) if p is not SKIPPED], sizes)
+
+    def process_prepared(self, replica: Replica, prepared: list[Prepared], sizes: dict[int, int] | None = None) -> Chunk:
+        """:meth:`process` for items prepared elsewhere (Ray's CPU tasks): cut, collate, forward."""
         if sizes is not None:
             sizes.update((p[0], p[3]) for p in prepared)
         results: list[Any] = [SKIPPED] * len(prepared)

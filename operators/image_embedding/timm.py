@@ -126,7 +126,7 @@ class TimmImageEmbedding(Operator):
     def setup(self, device: str) -> None:
         import timm
         import torch
-        from timm.data import create_transform, resolve_data_config
+        from timm.data import resolve_data_config
 
         checkpoint = self.checkpoint_path
         if checkpoint is None and self.pretrained:
@@ -152,19 +152,35 @@ class TimmImageEmbedding(Operator):
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model.to(device).eval()
-        config = resolve_data_config({}, model=model)
-        self.transform = create_transform(**config)
-        self.config, self.device = config, device
+        self._transforms(resolve_data_config({}, model=model), device)
         self.weights_dtype: Any = None  # set by cast_weights
-        self.on_device = self.decode == "device" or (self.decode == "auto" and device.startswith("cuda"))
-        # decoded on the CPU: resized and cropped there, kept uint8 until the device normalises the batch
-        self.uint8 = None if self.on_device else split_transform(self.transform)
         if self.layer is not None:
             self.catch = LayerCatcher(self.model, self.layer)
         measured = any(self.model_name.startswith(family) for family in ONNX_MEASURED)
         self.backend_used = "torch" if self.layer is not None else choose_backend(self.backend, device, measured)
         if self.backend_used == "onnx":
-            self.session = self._onnx_session(config["input_size"], checkpoint)
+            self.session = self._onnx_session(self.config["input_size"], checkpoint)
+
+    def setup_preprocess(self, device: str) -> None:
+        """Only what ``preprocess`` needs — the model's transform, from an architecture built on
+        the meta device (no weights, no memory) — for a process that never runs ``forward``
+        (Ray's CPU tasks feeding a GPU actor)."""
+        import timm
+        import torch
+        from timm.data import resolve_data_config
+
+        with torch.device("meta"):
+            model = timm.create_model(self.model_name, pretrained=False, **self.create_kwargs)
+        self._transforms(resolve_data_config({}, model=model), device)
+
+    def _transforms(self, config: dict[str, Any], device: str) -> None:
+        from timm.data import create_transform
+
+        self.transform = create_transform(**config)
+        self.config, self.device = config, device
+        self.on_device = self.decode == "device" or (self.decode == "auto" and device.startswith("cuda"))
+        # decoded on the CPU: resized and cropped there, kept uint8 until the device normalises the batch
+        self.uint8 = None if self.on_device else split_transform(self.transform)
 
     def _onnx_session(self, input_size: tuple[int, ...], checkpoint: Any) -> Any:
         """The model's pooled features exported to ONNX (once; cached), opened with ONNX Runtime."""

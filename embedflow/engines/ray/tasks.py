@@ -16,7 +16,7 @@ from typing import Any
 from ... import registry
 from ...io.readers import BadRow, Part
 from ...models import allow_import
-from ...plan import Apply, ModelStage, Step
+from ...plan import Apply, ModelStage, Step, instantiate
 from ..batching import ModelBatcher, for_device, make_replica
 from ..devices import bind_device, cpu_count, resolve_device
 from ..failures import Failure
@@ -91,10 +91,44 @@ def cheap_task(steps_bytes: bytes, key_column: str | None, allowed: list[str]) -
 
 
 # --------------------------------------------------------------------------- model stages
+def can_prepare_elsewhere(stage: ModelStage) -> bool:
+    """Whether the stage's operator can prepare items in a process without its model
+    (``setup_preprocess``), so Ray's CPU tasks can feed a GPU actor."""
+    step = stage.step
+    if not isinstance(step, Apply):
+        return False
+    target = registry.get_operator(step.name) if step.target is None else step.target
+    return callable(getattr(target, "setup_preprocess", None))
+
+
+def prepare_task(stage_bytes: bytes, device: str, key_column: str | None, allowed: list[str]) -> Any:
+    """A Ray task function that prepares a block of rows for a model actor on ``device``:
+    each row leaves as ``(row, prepared item, size)``; a row that fails is named or skipped
+    as in the local engine. The operator is set up without its weights, once per worker process."""
+    cache: dict[str, Any] = {}
+
+    @carry_errors
+    def run(batch: dict[str, Any]) -> dict[str, Any]:
+        if "batcher" not in cache:
+            allow_import(*allowed)
+            stage: ModelStage = pickle.loads(stage_bytes)
+            op = instantiate(stage.step)
+            op.setup_preprocess(device)  # type: ignore[attr-defined]
+            cache["stage"], cache["op"] = for_device(stage, device), op
+        numbers, rows, markers = decode(batch)
+        log = Collector(key_column)
+        # a skipped row is not a Prepared tuple (SKIPPED itself cannot be compared here: this
+        # closure travels by value, with a copy of it)
+        prepared = [p for p in ModelBatcher(cache["stage"], cache["op"], log).prepare(numbers, rows) if isinstance(p, tuple)]
+        return encode([p[0] for p in prepared], [p[1:] for p in prepared], markers, log.records)
+
+    return run
+
+
 class ModelActor:
     """One replica of a model stage's operator inside a Ray actor."""
 
-    def __init__(self, stage_bytes: bytes, device: str, key_column: str | None, allowed: list[str]):
+    def __init__(self, stage_bytes: bytes, device: str, key_column: str | None, allowed: list[str], prepared: bool = False):
         allow_import(*allowed)  # the modules the driver's user allowed model factories from
         self.stage: ModelStage = pickle.loads(stage_bytes)
         if device == "cpu":
@@ -109,10 +143,16 @@ class ModelActor:
         self.stage = for_device(self.stage, self.device)
         self.replica = make_replica(self.device, fresh(self.stage.step, self.device), self.stage.dtype)
         self.key_column = key_column
+        self.prepared = prepared  # rows arrive as (row, item, size) from prepare_task
 
     @carry_errors
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         numbers, rows, markers = decode(batch)
         log = Collector(self.key_column)
-        out_numbers, out_rows = ModelBatcher(self.stage, self.replica.op, log).process(self.replica, numbers, rows)
+        batcher = ModelBatcher(self.stage, self.replica.op, log)
+        if self.prepared:
+            items = [(n, row, item, size) for n, (row, item, size) in zip(numbers, rows)]
+            out_numbers, out_rows = batcher.process_prepared(self.replica, items)
+        else:
+            out_numbers, out_rows = batcher.process(self.replica, numbers, rows)
         return encode(out_numbers, out_rows, markers, log.records)
