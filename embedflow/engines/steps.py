@@ -87,6 +87,8 @@ def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: Fa
     if isinstance(op, FunctionOperator) and not op.params:
         preprocess = op.fn  # skip the adapter's call layer on the per-row hot path
 
+    many = getattr(op, "preprocess_batch", None)
+
     def one(key: int, row: Any) -> Any:
         try:
             return write_outputs(row, inputs, outputs, preprocess(*read_inputs(row, inputs)))
@@ -94,6 +96,14 @@ def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: Fa
             return guard.handle(key, row, exc)
 
     for keys, rows in chunks:
+        if many is not None and rows:
+            try:  # the operator's own batch path (normalize: one numpy call per chunk)
+                results = many([read_inputs(row, inputs) for row in rows])
+                if len(results) == len(rows):
+                    yield keys, [write_outputs(row, inputs, outputs, r) for row, r in zip(rows, results)]
+                    continue
+            except Exception:  # noqa: BLE001, S110 - find the failing row below
+                pass
         if inputs is None and not guard.skip:
             try:  # the fast path: one comprehension per chunk
                 yield keys, [preprocess(row) for row in rows]

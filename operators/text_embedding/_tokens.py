@@ -16,6 +16,7 @@ in this process, or in worker processes (:mod:`.._tokenizer_pool`) when ``proces
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from typing import Any
@@ -69,13 +70,17 @@ class Tokens:
         self.with_types = "token_type_ids" in input_names
         self.tokenizer = tokenizer
         self.fast = None
+        self.carry_types = self.with_types  # whether items hold their type ids (else collate writes zeros)
         if fast is not None:  # a copy configured once (truncate, never pad): safe to share between threads
             from tokenizers import Tokenizer
 
             self.fast = Tokenizer.from_str(fast.to_str())
             self.fast.no_padding()
             self.fast.enable_truncation(limit)
-        self.pool = TokenizerPool(self.fast.to_str(), processes, self.with_types) if processes and self.fast is not None else None
+            # one text's type ids come from the post-processor's template, not from the words:
+            # all zeros for one text (BERT) means all zeros for every text — not worth a list each
+            self.carry_types = self.with_types and any(self.fast.encode((prompt or "") + "a probe, of types").type_ids)
+        self.pool = TokenizerPool(self.fast.to_str(), processes, self.carry_types) if processes and self.fast is not None else None
         self._lock = threading.Lock()
         self._truncated = 0
 
@@ -113,10 +118,12 @@ class Tokens:
                 return [self._item(ids, types) for ids, types in packed.items()]
         encodings = self.fast.encode_batch(texts)
         self._count(sum(1 for enc in encodings if enc.overflowing))
-        return [self._item(enc.ids, enc.type_ids) for enc in encodings]
+        if not self.carry_types:
+            return [{"input_ids": enc.ids} for enc in encodings]
+        return [{"input_ids": enc.ids, "token_type_ids": enc.type_ids} for enc in encodings]
 
     def _item(self, ids: Any, types: Any) -> dict[str, Any]:
-        return {"input_ids": ids, "token_type_ids": types} if self.with_types else {"input_ids": ids}
+        return {"input_ids": ids, "token_type_ids": types} if self.carry_types else {"input_ids": ids}
 
     # ---- batches -----------------------------------------------------------------------------
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -127,13 +134,15 @@ class Tokens:
 
         lengths = np.fromiter((len(it["input_ids"]) for it in items), np.int64, len(items))
         width = -(-int(lengths.max()) // self.pad_multiple) * self.pad_multiple
+        mask = np.arange(width) < lengths[:, None]
         batch = {}
         for key in items[0]:
             rows = np.full((len(items), width), self.pad_id if key == "input_ids" else 0, dtype=np.int64)
-            for row, it, n in zip(rows, items, lengths.tolist()):
-                row[:n] = it[key]
+            rows[mask] = _flat([it[key] for it in items], int(lengths.sum()))  # row by row, left-aligned
             batch[key] = torch.from_numpy(rows)
-        batch["attention_mask"] = torch.from_numpy((np.arange(width) < lengths[:, None]).astype(np.int64))
+        if self.with_types and "token_type_ids" not in batch:
+            batch["token_type_ids"] = torch.zeros((len(items), width), dtype=torch.int64)
+        batch["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
         return batch
 
     # ---- bookkeeping -------------------------------------------------------------------------
@@ -152,3 +161,10 @@ class Tokens:
         """Stop the worker processes, if any."""
         if self.pool is not None:
             self.pool.close()
+
+
+def _flat(sequences: list[Any], total: int) -> np.ndarray:
+    """The sequences (lists or arrays of ints) one after the other in one int64 array."""
+    if isinstance(sequences[0], np.ndarray):
+        return np.concatenate(sequences)
+    return np.fromiter(itertools.chain.from_iterable(sequences), np.int64, total)
