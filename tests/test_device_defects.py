@@ -7,6 +7,7 @@ device, and Ray asks for GPUs it can have."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import sys
 import warnings
@@ -192,3 +193,44 @@ def test_low_precision_weights_are_cast_once_instead_of_autocast(sample_texts, s
     full = ef.dc(images).image_embedding.timm(model_name="efficientnet_lite0", backend="torch").normalize().to_numpy()
     assert float((low * full).sum(1).min()) > 0.99  # all 36 photos: 0.9973
     assert make_replica("cpu", Recorder(), "bf16").autocast is not contextlib.nullcontext  # no cast_weights: autocast
+
+
+def test_on_cuda_the_next_batch_is_launched_before_this_one_is_finished(monkeypatch):
+    """The forward thread of a CUDA replica (here a CPU one under that name, with CUDA's calls
+    patched) launches batch N+1 before it waits for batch N's copy back; rows stay in order,
+    a failing batch is still retried item by item, and the copy back is fp32."""
+    from embedflow.engines import batching
+    from embedflow.engines.local import engine as local_engine
+    from embedflow.engines.local import model_stage
+
+    log = []
+
+    class Event:
+        def record(self):
+            self.batch = len(log)
+            log.append("launch")
+
+        def synchronize(self):
+            log.append("finish")
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(batching, "_to_device", lambda replica, collated: collated)
+    monkeypatch.setattr(model_stage, "bind_device", lambda device: None)
+    monkeypatch.setattr(model_stage, "pin", lambda batch: batch)
+
+    def fail(batch):
+        if 29 in batch.flatten().tolist() and len(batch) > 1:  # the batch holding 29 fails as a whole
+            raise ValueError("one bad row in this batch")
+
+    op = Recorder(fail=fail)
+
+    def replicas(stage):
+        return [batching.Replica("cuda:0", op, autocast=contextlib.nullcontext)]
+
+    monkeypatch.setattr(local_engine.LocalEngine, "_replicas", staticmethod(replicas))
+    out = ef.dc(list(range(40))).map(op, batch_size=8).to_list()
+    assert [float(v) for v in out] == [2.0 * i for i in range(40)]
+    first_finish = log.index("finish")
+    assert log[:first_finish] == ["launch", "launch"]  # batch 2 launched before batch 1 was waited for
+    assert [size for size, _ in op.calls].count(1) == 8  # the failing batch of 8, retried row by row
+    assert batching._back_to_cpu(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32  # fp32 before the copy back
