@@ -132,11 +132,7 @@ def make_replica(device: str, op: Operator, dtype: str | None, non_blocking: boo
     import contextlib
 
     wanted = precision(device, dtype)
-    stream = None
-    if device.startswith("cuda") and non_blocking:
-        import torch
-
-        stream = torch.cuda.Stream(device)
+    stream = _copy_stream(device) if non_blocking else None
     cast = getattr(op, "cast_weights", None)
     if wanted != "fp32" and cast is not None:
         import torch
@@ -237,7 +233,7 @@ class ModelBatcher:
             self._check_device_error(replica, exc, len(group))
             if len(group) == 1:
                 return InFlight(group, done=[self.guard.handle(group[0][0], group[0][1], exc)])
-            return InFlight(group, retry="halves" if type(exc).__name__ == "OutOfMemoryError" else "items")
+            return InFlight(group, retry=_retry_kind(exc))
         return InFlight(group, collated, output, event)
 
     def complete(self, replica: Replica, flight: InFlight) -> list[Any]:
@@ -257,7 +253,7 @@ class ModelBatcher:
                 self._check_device_error(replica, exc, len(group))
                 if len(group) == 1:
                     return [self.guard.handle(group[0][0], group[0][1], exc)]
-                flight.retry = "halves" if type(exc).__name__ == "OutOfMemoryError" else "items"
+                flight.retry = _retry_kind(exc)
             else:
                 return [write_outputs(row, self.step.inputs, self.step.outputs, r) for (_n, row, _i, _s), r in zip(group, results)]
         flight.output = flight.collated = flight.event = None  # the handler is left: the failed batch's tensors can go
@@ -324,6 +320,20 @@ class ModelBatcher:
                 results[i] = out
         kept = [(p[0], out) for p, out in zip(prepared, results) if out is not SKIPPED]
         return [n for n, _ in kept], [out for _, out in kept]
+
+
+def _copy_stream(device: str) -> Any:
+    """A CUDA stream for the batches' copies to ``device`` (None elsewhere)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.Stream(device)
+
+
+def _retry_kind(exc: Exception) -> str:
+    """How a failed batch is run again: in ``halves`` after running out of memory, else by ``items``."""
+    return "halves" if type(exc).__name__ == "OutOfMemoryError" else "items"
 
 
 def _back_to_cpu(t: Any) -> Any:

@@ -8,6 +8,7 @@ registered only in the driver process, or a ``.map`` function, by value (cloudpi
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
@@ -104,25 +105,30 @@ def can_prepare_elsewhere(stage: ModelStage) -> bool:
 def prepare_task(stage_bytes: bytes, device: str, key_column: str | None, allowed: list[str]) -> Any:
     """A Ray task function that prepares a block of rows for a model actor on ``device``:
     each row leaves as ``(row, prepared item, size)``; a row that fails is named or skipped
-    as in the local engine. The operator is set up without its weights, once per worker process."""
-    cache: dict[str, Any] = {}
+    as in the local engine."""
 
     @carry_errors
     def run(batch: dict[str, Any]) -> dict[str, Any]:
-        if "batcher" not in cache:
-            allow_import(*allowed)
-            stage: ModelStage = pickle.loads(stage_bytes)
-            op = instantiate(stage.step)
-            op.setup_preprocess(device)  # type: ignore[attr-defined]
-            cache["stage"], cache["op"] = for_device(stage, device), op
+        stage, op = _preparer(stage_bytes, device, tuple(allowed))
         numbers, rows, markers = decode(batch)
         log = Collector(key_column)
         # a skipped row is not a Prepared tuple (SKIPPED itself cannot be compared here: this
         # closure travels by value, with a copy of it)
-        prepared = [p for p in ModelBatcher(cache["stage"], cache["op"], log).prepare(numbers, rows) if isinstance(p, tuple)]
+        prepared = [p for p in ModelBatcher(stage, op, log).prepare(numbers, rows) if isinstance(p, tuple)]
         return encode([p[0] for p in prepared], [p[1:] for p in prepared], markers, log.records)
 
     return run
+
+
+@functools.lru_cache(maxsize=8)
+def _preparer(stage_bytes: bytes, device: str, allowed: tuple[str, ...]) -> tuple[ModelStage, Any]:
+    """The stage and its operator set up without weights, once per worker process (a module
+    function: the task's closure calls it by reference, so the cache is the process's)."""
+    allow_import(*allowed)  # the modules the driver's user allowed model factories from
+    stage: ModelStage = pickle.loads(stage_bytes)
+    op = instantiate(stage.step)
+    op.setup_preprocess(device)  # type: ignore[attr-defined]
+    return for_device(stage, device), op
 
 
 class ModelActor:
