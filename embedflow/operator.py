@@ -46,7 +46,9 @@ class Operator:
     * ``forward(batch)`` — the hot path, on the device; the engine has already moved the batch
       there and runs it under ``torch.inference_mode``.
     * ``postprocess(output) -> list`` — one result per input item, on the CPU (the engine moves
-      the forward output back to the CPU first).
+      the forward output back to the CPU first; half-precision floats arrive as float32).
+    * ``cast_weights(torch_dtype) -> bool`` — optional: cast the model's weights to fp16/bf16
+      once and return True; the engine then runs ``forward`` without autocast.
 
     Operators with ``batchable = False`` only need ``preprocess``: its return value is the result.
     """
