@@ -91,9 +91,17 @@ def text_rows(n, device, path):
     def chain(**options):
         return ef.dc(texts).text_embedding.transformers(model_name=path, device=device, backend="torch", **options).normalize().set_progress(False)
 
-    default, threads = chain(), chain(tokenizer_processes=0)
+    def without_graphs(collection):
+        os.environ["EMBEDFLOW_CUDA_GRAPHS"] = "0"  # read at each run's start
+        try:
+            return collection.to_numpy()
+        finally:
+            del os.environ["EMBEDFLOW_CUDA_GRAPHS"]
+
+    default, threads, eager = chain(), chain(tokenizer_processes=0), chain()
     for c in (default, threads):
         c.head(512).to_list()  # loads the model (replicas are kept), warms the GPU
+    without_graphs(eager.head(512))
     st = SentenceTransformer(path, device=device)
     if device.startswith("cuda"):
         st.half()
@@ -115,26 +123,36 @@ def text_rows(n, device, path):
     results = {
         "text: embedflow (defaults)": timed(default.to_numpy, 2),
         "text: embedflow, tokenizer_processes=0 (threads)": timed(threads.to_numpy, 2),
+        "text: embedflow, CUDA graphs off (EMBEDFLOW_CUDA_GRAPHS=0)": timed(lambda: without_graphs(eager), 2),
         "text: sentence-transformers half(), batch 256": timed(lambda: st.encode(texts, batch_size=256, normalize_embeddings=True), 2),
         "text: forward-only ceiling (pre-tokenized, fp16, batch 512)": timed(ceiling, 2),
     }
     print(default.explain(analyze=True), flush=True)  # where the time goes, stage by stage
     ours, theirs = results["text: embedflow (defaults)"][1], results["text: sentence-transformers half(), batch 256"][1]
-    return n, results, [f"text: min cosine embedflow vs sentence-transformers: {float((ours * theirs).sum(1).min()):.5f}"]
+    plain = results["text: embedflow, CUDA graphs off (EMBEDFLOW_CUDA_GRAPHS=0)"][1]
+    return (
+        n,
+        results,
+        [
+            f"text: min cosine embedflow vs sentence-transformers: {float((ours * theirs).sum(1).min()):.5f}",
+            f"text: min cosine CUDA graphs on vs off: {float((ours * plain).sum(1).min()):.5f}",
+        ],
+    )
 
 
 def tokenize_rows(n, path, workers):
     from transformers import AutoTokenizer
 
+    from embedflow.engines.prepare_processes import PreparePool
     from embedflow_operators.text_embedding._tokens import Tokens
 
     texts = corpus(n)
     fast = AutoTokenizer.from_pretrained(path).backend_tokenizer
     names = ["input_ids", "attention_mask", "token_type_ids"]
 
-    def in_threads(tokens, chunk):
+    def in_threads(many, chunk):
         with ThreadPoolExecutor(workers) as pool:
-            return sum(len(out) for out in pool.map(tokens.many, [texts[i : i + chunk] for i in range(0, n, chunk)]))
+            return sum(len(out) for out in pool.map(many, [texts[i : i + chunk] for i in range(0, n, chunk)]))
 
     def rust_parallel():
         tokens = Tokens(fast, 256, names, pad_id=0)
@@ -142,14 +160,20 @@ def tokenize_rows(n, path, workers):
 
     results = {}
     threads = Tokens(fast, 256, names, pad_id=0)
-    results[f"tokenize: {workers} threads, 16 texts per call (the engine's path)"] = timed(lambda: in_threads(threads, 16))
+    results[f"tokenize: {workers} threads, 16 texts per call (the engine's path)"] = timed(lambda: in_threads(threads.many, 16))
     results["tokenize: one encode_batch call (Rust's own threads)"] = timed(rust_parallel)
+    step = ef.dc([]).text_embedding.transformers(model_name=path).plan.steps[-1]
     for processes in (4, 8, 16):
-        tokens = Tokens(fast, 256, names, pad_id=0, processes=processes)
-        in_threads(tokens, 64)  # the workers have started
+        pool = PreparePool(step, "cuda", processes)  # the engine's worker processes, as the chain uses them
+        while not all(w.started() is True for w in pool.workers):
+            time.sleep(0.1)
+
+        def in_processes(chunk_of_texts, p=pool):
+            return p.prepare([(t,) for t in chunk_of_texts])
+
         for chunk in (16, 64):
-            results[f"tokenize: {processes} processes, {chunk} texts per call"] = timed(lambda t=tokens, c=chunk: in_threads(t, c))
-        tokens.close()
+            results[f"tokenize: {processes} processes, {chunk} texts per call"] = timed(lambda c=chunk, f=in_processes: in_threads(f, c))
+        pool.close()
     return n, results, []
 
 

@@ -47,6 +47,9 @@ class Operator:
       there and runs it under ``torch.inference_mode``.
     * ``postprocess(output) -> list`` — one result per input item, on the CPU (the engine moves
       the forward output back to the CPU first; half-precision floats arrive as float32).
+    * ``run_warnings() -> list[str]`` — optional: what to tell the user once per run (texts
+      cut to the length limit); an operator that counts such events in a ``run_counts``
+      ``collections.Counter`` gets the counts of the processes that prepared for it too.
     * ``cast_weights(torch_dtype) -> bool`` — optional: cast the model's weights to fp16/bf16
       once and return True; the engine then runs ``forward`` without autocast.
 
@@ -62,11 +65,16 @@ class Operator:
     #: True: a string input may be a file path that ``preprocess`` opens (image_decode). A
     #: server then accepts such a column only as uploaded bytes or a path under its files root.
     reads_files: ClassVar[bool] = False
-    #: threads the engine gives ``preprocess`` when the step does not say ``workers=``; None:
-    #: the engine decides from the machine. ``setup`` may set it: an operator whose preprocess
-    #: only hands work elsewhere (worker processes, the GPU) needs few threads, and every extra
-    #: thread wanting the GIL slows the thread that launches the GPU's work.
-    preprocess_threads: int | None = None
+    #: worker processes the engine may prepare items in (``preprocess_batch``, beyond the
+    #: GIL), for an operator of an installed package with ``setup_preprocess``: a number,
+    #: ``"auto"`` (the engine decides: on a GPU half the cores, at most 8; none on the CPU) or
+    #: None (threads only). Errors still name or skip the row; a worker's ``run_counts`` are
+    #: added to this operator's before ``run_warnings()``.
+    preprocess_processes: int | str | None = None
+    #: True: ``forward`` can be recorded as a CUDA graph — the same input shapes launch the same
+    #: kernels and nothing reads a device value back to the CPU. On CUDA the engine then replays
+    #: it per input shape with one call (checked against the usual forward first).
+    cuda_graphs: bool = False
 
     @classmethod
     def opens_files(cls, params: dict[str, Any]) -> bool:

@@ -34,8 +34,10 @@ from ..errors import DeviceError, EmbedflowError, user_stacklevel
 from ..operator import Operator
 from ..plan import ModelStage
 from ..rows import read_inputs, write_outputs
+from .cuda_graphs import GraphRunner, runner_for
 from .devices import autocast, check_finite, free_device_cache, is_device_error, map_tensors, move, precision
 from .failures import FailureLog
+from .preprocess import Raised, preprocess_items
 from .steps import SKIPPED, Chunk, Guard
 
 T = TypeVar("T")
@@ -109,6 +111,7 @@ class Replica:
     autocast: Callable[[], Any]  # a factory of the autocast context
     non_blocking: bool = False  # copies to the device may overlap compute (pinned memory)
     copy_stream: Any = None  # CUDA: the stream batches are copied on, beside the compute
+    graphs: GraphRunner | None = None  # CUDA: forward replayed from CUDA graphs (:mod:`.cuda_graphs`)
 
 
 @dataclass
@@ -124,22 +127,23 @@ class InFlight:
     retry: str | None = None  # "halves" (out of memory) or "items" (another error)
 
 
-def make_replica(device: str, op: Operator, dtype: str | None, non_blocking: bool = False) -> Replica:
+def make_replica(device: str, op: Operator, dtype: str | None, non_blocking: bool = False, label: str = "") -> Replica:
     """A replica of ``op`` on ``device`` at ``dtype``: an operator that can cast its weights
     (``cast_weights(torch_dtype) -> True``) is cast once and runs without autocast — autocast
     re-casts the weights in every batch (its cache is off under ``inference_mode``); others run
-    under autocast."""
+    under autocast. On CUDA an operator with ``cuda_graphs = True`` is replayed from graphs."""
     import contextlib
 
     wanted = precision(device, dtype)
     stream = _copy_stream(device) if non_blocking else None
+    graphs = runner_for(op, device, label or type(op).__name__)
     cast = getattr(op, "cast_weights", None)
     if wanted != "fp32" and cast is not None:
         import torch
 
         if cast(torch.float16 if wanted == "fp16" else torch.bfloat16):
-            return Replica(device, op, contextlib.nullcontext, non_blocking, stream)
-    return Replica(device, op, autocast(device, dtype), non_blocking, stream)
+            return Replica(device, op, contextlib.nullcontext, non_blocking, stream, graphs)
+    return Replica(device, op, autocast(device, dtype), non_blocking, stream, graphs)
 
 
 class ModelBatcher:
@@ -157,31 +161,39 @@ class ModelBatcher:
         self.window = stage.window
         self.sort_key: Callable[[Any], int] | None = op.sort_key if stage.sorts else None  # type: ignore[attr-defined]
         self.max_tokens = stage.max_batch_tokens if stage.sorts else None
-        self.many = getattr(op, "preprocess_batch", None)
         self.warned_memory = False
 
     # ---- prepare ---------------------------------------------------------------------------
     def _size(self, item: Any) -> int:
         return self.sort_key(item) if self.sort_key is not None else 0
 
-    def _prepare_one(self, number: int, row: Any) -> Prepared | Any:
-        try:
-            item = self.op.preprocess(*read_inputs(row, self.step.inputs))
-            return number, row, item, self._size(item)
-        except Exception as exc:  # noqa: BLE001 - the step's policy decides
-            return self.guard.handle(number, row, exc)
+    def inputs(self, rows: list[Any]) -> list[tuple[Any, ...] | Raised]:
+        """Each row's input tuple for ``preprocess`` (a :class:`Raised` when a row lacks one)."""
+        out: list[tuple[Any, ...] | Raised] = []
+        for row in rows:
+            try:
+                out.append(read_inputs(row, self.step.inputs))
+            except Exception as exc:  # noqa: BLE001 - named or skipped with the row
+                out.append(Raised(exc))
+        return out
 
     def prepare(self, numbers: Sequence[int], rows: list[Any]) -> list[Prepared | Any]:
         """Prepared items (or SKIPPED) for some rows: ``preprocess_batch`` first, item by item
         when it is missing or fails (to name or skip the bad row)."""
-        if self.many is not None:
+        return self.sized(numbers, rows, preprocess_items(self.op, self.inputs(rows)))
+
+    def sized(self, numbers: Sequence[int], rows: list[Any], items: list[Any]) -> list[Prepared | Any]:
+        """The rows with their prepared items (from :func:`preprocess_items`, here or in a
+        worker process) and sizes; a row whose item is a :class:`Raised` is named or skipped."""
+        out: list[Prepared | Any] = []
+        for number, row, item in zip(numbers, rows, items):
             try:
-                items = self.many([read_inputs(row, self.step.inputs) for row in rows])
-                if len(items) == len(rows):
-                    return [(n, r, it, self._size(it)) for n, r, it in zip(numbers, rows, items)]
-            except Exception:  # noqa: BLE001, S110 - retried item by item below
-                pass
-        return [self._prepare_one(n, r) for n, r in zip(numbers, rows)]
+                if isinstance(item, Raised):
+                    raise item.error
+                out.append((number, row, item, self._size(item)))
+            except Exception as exc:  # noqa: BLE001 - the step's policy decides
+                out.append(self.guard.handle(number, row, exc))
+        return out
 
     # ---- cut and collate -------------------------------------------------------------------
     def cut(self, items: list[T], size_of: Callable[[T], int] = lambda p: p[3]) -> list[list[T]]:  # type: ignore[index]
@@ -204,7 +216,7 @@ class ModelBatcher:
         import torch
 
         with torch.inference_mode(), replica.autocast():
-            output = replica.op.forward(_to_device(replica, collated))
+            output = (replica.graphs or replica.op.forward)(_to_device(replica, collated))
             if not replica.device.startswith("cuda"):
                 return move(output, "cpu"), None
             output = map_tensors(output, _back_to_cpu)

@@ -2,8 +2,9 @@
 
 A prepared text is ``{"input_ids": ids, "token_type_ids": types}`` (lists or int arrays; no
 attention mask: every token of an unpadded text is real, so :meth:`Tokens.collate` builds the
-mask from the lengths). Texts are tokenized by a private copy of the fast (Rust) tokenizer —
-in this process, or in worker processes (:mod:`.._tokenizer_pool`) when ``processes`` > 0.
+mask from the lengths). Texts are tokenized by a private copy of the fast (Rust) tokenizer
+(the engine may run :meth:`Tokens.many` in worker processes: the operator's
+``preprocess_processes``); texts cut to the length limit are counted in ``counts["truncated"]``.
 
 >>> from tokenizers import Tokenizer, models, pre_tokenizers
 >>> fast = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
@@ -17,34 +18,11 @@ in this process, or in worker processes (:mod:`.._tokenizer_pool`) when ``proces
 from __future__ import annotations
 
 import itertools
-import os
 import threading
+from collections import Counter
 from typing import Any
 
 import numpy as np
-
-from .._tokenizer_pool import TokenizerPool, TokenizerWorkerError
-
-MAX_AUTO_PROCESSES = 8
-PROCESS_FEEDERS = 4  # threads enough to keep the worker processes busy (each call waits on one)
-
-
-def auto_processes(device: str, cores: int | None = None) -> int:
-    """Tokenizer processes when the step does not say: none on the CPU (the model uses the
-    cores, and threads keep up with a CPU model); on a GPU half the cores, at most 8, when there
-    are at least 4 (a GPU embeds faster than one process's threads tokenize).
-
-    >>> auto_processes("cpu", 16), auto_processes("cuda:0", 16), auto_processes("cuda:0", 2)
-    (0, 8, 0)
-    """
-    if not device.startswith("cuda"):
-        return 0
-    if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - macOS / Windows
-            cores = os.cpu_count() or 1
-    return min(MAX_AUTO_PROCESSES, cores // 2) if cores >= 4 else 0
 
 
 class Tokens:
@@ -52,7 +30,8 @@ class Tokens:
 
     ``fast``: a ``tokenizers.Tokenizer`` (or None: the slow ``tokenizer`` is used, under a
     lock); ``limit``: tokens kept per text; ``pad_multiple``: pad widths to a multiple of this
-    (8 on a GPU: tensor-core friendly shapes).
+    (8 on a GPU: tensor-core friendly shapes); ``counts``: where cut texts are counted (the
+    operator's ``run_counts``).
     """
 
     def __init__(
@@ -63,8 +42,8 @@ class Tokens:
         pad_id: int,
         prompt: str | None = None,
         pad_multiple: int = 1,
-        processes: int = 0,
         tokenizer: Any = None,
+        counts: Counter[str] | None = None,
     ):
         self.limit, self.prompt, self.pad_id, self.pad_multiple = limit, prompt, pad_id, pad_multiple
         self.with_types = "token_type_ids" in input_names
@@ -80,9 +59,8 @@ class Tokens:
             # one text's type ids come from the post-processor's template, not from the words:
             # all zeros for one text (BERT) means all zeros for every text — not worth a list each
             self.carry_types = self.with_types and any(self.fast.encode((prompt or "") + "a probe, of types").type_ids)
-        self.pool = TokenizerPool(self.fast.to_str(), processes, self.carry_types) if processes and self.fast is not None else None
         self._lock = threading.Lock()
-        self._truncated = 0
+        self.counts: Counter[str] = Counter() if counts is None else counts
 
     # ---- tokenize ----------------------------------------------------------------------------
     def one(self, text: Any) -> dict[str, Any]:
@@ -98,24 +76,16 @@ class Tokens:
             return self._item(enc.ids, enc.type_ids)
         with self._lock:  # slow tokenizers are not thread-safe
             enc = self.tokenizer(text, truncation=True, max_length=self.limit, return_overflowing_tokens=False)
-            self._truncated += int(len(enc["input_ids"]) >= self.limit)  # at the limit: (almost always) cut
+            self.counts["truncated"] += int(len(enc["input_ids"]) >= self.limit)  # at the limit: (almost always) cut
         return self._item(list(enc["input_ids"]), list(enc.get("token_type_ids") or [0] * len(enc["input_ids"])))
 
     def many(self, texts: list[Any]) -> list[dict[str, Any]]:
-        """Several texts at once: in a worker process (a pool), else in one call of the Rust
-        tokenizer (its own threads); item by item for a slow tokenizer or a non-string."""
+        """Several texts at once, in one call of the Rust tokenizer; item by item for a slow
+        tokenizer or a non-string."""
         if self.fast is None or not all(isinstance(t, str) for t in texts):
             return [self.one(t) for t in texts]
         if self.prompt:
             texts = [self.prompt + t for t in texts]
-        if self.pool is not None:
-            try:
-                packed = self.pool.encode(texts)
-            except TokenizerWorkerError:
-                pass  # tokenized here instead; a text the tokenizer refuses is then named by the caller
-            else:
-                self._count(packed.truncated)
-                return [self._item(ids, types) for ids, types in packed.items()]
         encodings = self.fast.encode_batch(texts)
         self._count(sum(1 for enc in encodings if enc.overflowing))
         if not self.carry_types:
@@ -149,18 +119,12 @@ class Tokens:
     def _count(self, n: int) -> None:
         if n:
             with self._lock:
-                self._truncated += n
+                self.counts["truncated"] += n
 
     def take_truncated(self) -> int:
         """Texts cut to the limit since the last call."""
         with self._lock:
-            n, self._truncated = self._truncated, 0
-        return n
-
-    def close(self) -> None:
-        """Stop the worker processes, if any."""
-        if self.pool is not None:
-            self.pool.close()
+            return self.counts.pop("truncated", 0)
 
 
 def _flat(sequences: list[Any], total: int) -> np.ndarray:

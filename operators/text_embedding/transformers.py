@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from .._onnx import (
 )
 from ..quantize import check_precision
 from ..quantize import quantize as quantize_vectors
-from ._tokens import PROCESS_FEEDERS, Tokens, auto_processes
+from ._tokens import Tokens
 
 # Model families for which ONNX Runtime was measured faster than torch on the CPU at parity
 # by at least 1.2x (benchmarks/bench_text.py, MiniLM: see RESULTS.md): backend="auto" picks it
@@ -85,7 +86,8 @@ class TransformersTextEmbedding(Operator):
         tokenizer_processes: tokenize in this many worker processes (beyond the GIL: one
             process's threads stop near 15,000 texts/s); ``0``: in this process's threads;
             default: half the cores (at most 8) when the model runs on a GPU, else 0. The
-            processes live as long as the loaded model (the chain) and end with the program.
+            engine runs them (the operator's ``preprocess_processes``); they live as long as
+            the loaded model (the chain) and end with the program.
 
     Each result is a float32 numpy array: shape ``(hidden,)``, or ``(tokens, hidden)`` for
     ``pooling="none"``. Not normalised: add ``.normalize()`` for cosine similarity (it then
@@ -158,7 +160,8 @@ class TransformersTextEmbedding(Operator):
         ):
             msg = f"text_embedding.transformers: tokenizer_processes={tokenizer_processes!r} must be 0 (threads) or a number of processes such as 8"
             raise ValueError(msg)
-        self.tokenizer_processes = tokenizer_processes
+        self.preprocess_processes = "auto" if tokenizer_processes is None else tokenizer_processes
+        self.run_counts: Counter[str] = Counter()  # texts cut to the length limit (summed over worker processes)
 
     # ---- loading ---------------------------------------------------------------------------
     def setup(self, device: str) -> None:
@@ -172,13 +175,15 @@ class TransformersTextEmbedding(Operator):
             )
         )
         self.model = model.to(device).eval()
-        processes = auto_processes(device) if self.tokenizer_processes is None else self.tokenizer_processes
-        self._tokenize_with(tokenizer, source, model.config, device, processes)
+        self._tokenize_with(tokenizer, source, model.config, device)
         self.encoder = _hidden_states_module()(self.model, self.layer).eval()
         backend = "onnx" if self.quantize_weights else self.backend  # int8 weights exist only on ONNX Runtime
         self.backend_used = choose_backend(backend, device, measured=model.config.model_type in ONNX_MEASURED)
         if self.backend_used == "onnx":
             self.session = self._onnx_session(source)
+        # no value read back to the CPU in forward (transformers skips its mask check while a
+        # CUDA graph is recorded), so the engine may replay it from graphs
+        self.cuda_graphs = self.backend_used == "torch"
 
     def setup_preprocess(self, device: str) -> None:
         """Only what ``preprocess`` needs — the tokenizer and the model's config, no weights —
@@ -192,7 +197,7 @@ class TransformersTextEmbedding(Operator):
                 AutoConfig.from_pretrained(source, trust_remote_code=self.trust_remote_code),
             )
         )
-        self._tokenize_with(tokenizer, source, config, device, processes=0)
+        self._tokenize_with(tokenizer, source, config, device)
 
     def _load(self, load: Any) -> Any:
         try:
@@ -207,7 +212,7 @@ class TransformersTextEmbedding(Operator):
             )
             raise OSError(msg) from exc
 
-    def _tokenize_with(self, tokenizer: Any, source: str, config: Any, device: str, processes: int) -> None:
+    def _tokenize_with(self, tokenizer: Any, source: str, config: Any, device: str) -> None:
         if tokenizer.pad_token is None:  # GPT-2 and other decoders
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.tokenizer = tokenizer
@@ -220,11 +225,9 @@ class TransformersTextEmbedding(Operator):
             pad_id=int(tokenizer.pad_token_id),
             prompt=self.prompt,
             pad_multiple=8 if device.startswith("cuda") else 1,
-            processes=processes,
             tokenizer=tokenizer,
+            counts=self.run_counts,
         )
-        if self.tokens.pool is not None:  # the threads only pass texts to the processes
-            self.preprocess_threads = PROCESS_FEEDERS
 
     def _onnx_session(self, source: str) -> Any:
         """The model exported to ONNX (once; cached) and opened with ONNX Runtime."""
@@ -273,8 +276,7 @@ class TransformersTextEmbedding(Operator):
         return self.tokens.one(text)
 
     def preprocess_batch(self, inputs: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        """Tokenize several texts at once: in the worker processes (``tokenizer_processes``),
-        else in one call of the Rust tokenizer (its own threads)."""
+        """Tokenize several texts at once, in one call of the Rust tokenizer."""
         return self.tokens.many([args[0] for args in inputs])
 
     def cast_weights(self, dtype: Any) -> bool:

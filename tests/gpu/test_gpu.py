@@ -1,5 +1,5 @@
 """On a CUDA GPU (skipped elsewhere, with the reason; CI has none): CPU and GPU give the same
-vectors for text (fp16 and bf16, tokenized in processes or threads) and images (decoded on the
+vectors for text (fp16 and bf16, tokenized in processes or threads, replayed from CUDA graphs) and images (decoded on the
 device), an out-of-memory batch is split and finishes, and each GPU gets its own replica.
 
 Without the packaged MiniLM (a GPU machine that cannot install it) set ``EMBEDFLOW_TEST_MINILM``
@@ -55,6 +55,24 @@ def test_text_on_the_gpu_equals_the_cpu(sample_texts, minilm, dtype, processes):
     gpu = chain.normalize().to_numpy()
     assert gpu.shape == cpu.shape
     assert float((cpu * gpu).sum(1).min()) > 0.999
+
+
+def test_text_replayed_from_cuda_graphs_equals_the_usual_forward(sample_texts, minilm, monkeypatch):
+    import warnings
+
+    from embedflow.engines.cuda_graphs import runner_for
+
+    texts = sample_texts * 20  # several widths: several graphs
+    chain = ef.dc(texts).text_embedding.transformers(model_name=minilm, device="cuda", dtype="fp16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "graphs turned off"
+        first, second = chain.normalize().to_numpy(), chain.normalize().to_numpy()  # recorded, then replayed
+    ((device, op),) = ready(chain.plan.steps[-1], ["cuda:0"])
+    runner = runner_for(op, device, "text")
+    assert runner is not None and runner.off is None and len(runner.graphs) >= 2
+    monkeypatch.setenv("EMBEDFLOW_CUDA_GRAPHS", "0")
+    plain = ef.dc(texts).text_embedding.transformers(model_name=minilm, device="cuda", dtype="fp16").normalize().to_numpy()
+    assert float((plain * first).sum(1).min()) > 0.999 and float((plain * second).sum(1).min()) > 0.999
 
 
 @pytest.mark.parametrize(("dtype", "bound"), [("fp32", 0.999), ("auto", 0.99)])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,6 +32,7 @@ from ..base import Engine
 from ..batching import Replica, for_device, make_replica
 from ..devices import default_workers, resolve_devices
 from ..failures import FailureLog
+from ..prepare_processes import existing_pool, pool_for
 from ..replicas import ready
 from ..stats import RunStats, StageStats
 from ..steps import Chunk, Guard, drop_bad_rows, drop_skipped, head_rows, run_cheap, whole_rows
@@ -87,9 +88,11 @@ class LocalEngine(Engine):
             stage = group[0]
             if isinstance(stage, ModelStage):
                 reps = replicas[id(stage)]
-                workers = stage.workers or getattr(reps[0].op, "preprocess_threads", None) or workers_default
+                processes = pool_for(stage.step, reps[0].op, reps[0].device)
+                workers = stage.workers or (processes.processes if processes is not None else workers_default)
                 sized = for_device(stage, reps[0].device)  # GPU-sized batches where the user set none
-                threads = ModelStageThreads(sized, reps, workers, channel, out, failures, run, progress if stage.reports_progress else None)
+                feed = progress if stage.reports_progress else None
+                threads = ModelStageThreads(sized, reps, workers, channel, out, failures, run, feed, processes)
                 threads.start(run)
             elif isinstance(stage, PoolStage):
                 _start_pool(stage, stage.workers or workers_default, channel, out, failures, run)
@@ -104,13 +107,16 @@ class LocalEngine(Engine):
     def _replicas(stage: ModelStage) -> list[Replica]:
         devices = resolve_devices(stage.device)
         pinned = any(d.startswith("cuda") for d in devices)
-        return [make_replica(device, op, stage.dtype, pinned) for device, op in ready(stage.step, devices)]
+        return [make_replica(device, op, stage.dtype, pinned, stage.step.label) for device, op in ready(stage.step, devices)]
 
 
 def _warn_run_notes(replicas: list[Replica]) -> None:
     """Once per run, what an operator has to say of it (``run_warnings()``: e.g. how many
     texts were cut to the model's length limit)."""
     for replica in replicas:
+        pool = existing_pool(replica.op)
+        if pool is not None and isinstance(getattr(replica.op, "run_counts", None), Counter):
+            replica.op.run_counts.update(pool.take_counts())  # type: ignore[attr-defined]
         for message in getattr(replica.op, "run_warnings", list)():
             warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
 

@@ -147,7 +147,7 @@ class ModelActor:
         self.device = resolve_device(device)
         bind_device(self.device)  # the actor's thread works on the GPU Ray gave it
         self.stage = for_device(self.stage, self.device)
-        self.replica = make_replica(self.device, fresh(self.stage.step, self.device), self.stage.dtype)
+        self.replica = make_replica(self.device, fresh(self.stage.step, self.device), self.stage.dtype, label=self.stage.step.label)
         self.key_column = key_column
         self.prepared = prepared  # rows arrive as (row, item, size) from prepare_task
 

@@ -1,0 +1,237 @@
+"""Preprocessing in worker processes: beyond the GIL.
+
+A fast tokenizer releases the GIL while it encodes, but turning its encodings into Python
+objects does not, so one process's threads stop near 15,000 texts/s however many cores there
+are — while a GPU embeds 60,000/s and more. An operator that says so
+(``preprocess_processes``, see :class:`embedflow.Operator`) gets a :class:`PreparePool`:
+worker processes that each build the step's operator, call ``setup_preprocess(device)`` (no
+weights) and answer lists of inputs with ``preprocess_batch`` — the same routine as the
+threads (:func:`.preprocess.preprocess_items`), so the same items, and the same errors,
+which travel back to be named or skipped in this process.
+
+Workers are plain ``python -m`` processes over pipes, not ``multiprocessing``: a user's
+script without an ``if __name__ == "__main__"`` guard is never imported again, and nothing
+is forked from a process that holds CUDA or threads. A worker that is still starting is not
+waited for (the caller prepares in its own thread meanwhile); a worker that dies is replaced
+and its inputs prepared in this process — no row is lost. A pool lives as long as the
+operator it prepares for (a chain's loaded model) and ends with the program.
+
+>>> process_count("auto", "cuda:0", cores=16), process_count("auto", "cpu", cores=16), process_count(2, "cpu")
+(8, 0, 2)
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+import warnings
+import weakref
+from collections import Counter
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .. import registry
+from ..errors import user_stacklevel
+from ..models import allowed_imports
+from ..operator import Operator
+from ..plan import Apply
+from .devices import cpu_count
+
+MAX_AUTO_PROCESSES = 8
+# each worker is one core: the libraries' own thread pools would only fight each other
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
+
+
+class WorkerLost(RuntimeError):
+    """A preprocessing worker exited while it held a request (it has been replaced)."""
+
+
+def process_count(wanted: int | str | None, device: str, cores: int | None = None) -> int:
+    """Worker processes for an operator's ``preprocess_processes``: a number as given;
+    ``"auto"``: on a GPU half the cores, at most 8, when there are at least 4 (a GPU embeds
+    faster than one process's threads prepare), none on the CPU (the model needs the cores);
+    None: none."""
+    if wanted is None or wanted == 0:
+        return 0
+    if wanted != "auto":
+        return int(wanted)
+    if not device.startswith("cuda"):
+        return 0
+    cores = cpu_count() if cores is None else cores
+    return min(MAX_AUTO_PROCESSES, cores // 2) if cores >= 4 else 0
+
+
+def portable(step: Apply) -> bool:
+    """Whether a worker process can build ``step``'s operator itself: an operator of an
+    installed package, by name (one registered only in this process, or an instance given to
+    ``.map``, cannot be rebuilt there)."""
+    return step.target is None and registry.operator_source(step.name).startswith("package ")
+
+
+class _Worker:
+    def __init__(self, setup: bytes):
+        read_in, write_in = os.pipe()
+        read_out, write_out = os.pipe()
+        self.process = subprocess.Popen(  # our own module, no shell
+            [sys.executable, "-m", "embedflow.engines.prepare_worker", str(read_in), str(write_out)],
+            pass_fds=(read_in, write_out),
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **ONE_THREAD_ENV},
+        )
+        os.close(read_in)
+        os.close(write_out)
+        self.send, self.recv = Connection(write_in, readable=False), Connection(read_out, writable=False)
+        self.send.send_bytes(setup)
+        self.ready = False
+
+    def started(self) -> bool | str:
+        """True once the worker has set its operator up; False while it is still starting; the
+        error text when it could not."""
+        if self.ready:
+            return True
+        if not self.recv.poll():
+            return False
+        ok, error = pickle.loads(self.recv.recv_bytes())  # our own worker's answer: trusted
+        self.ready = bool(ok)
+        return True if ok else error
+
+    def call(self, inputs: list[tuple[Any, ...]]) -> tuple[list[Any], dict[str, int]]:
+        self.send.send_bytes(pickle.dumps(inputs, protocol=5))
+        return pickle.loads(self.recv.recv_bytes())  # our own worker's answer: trusted
+
+    def close(self, timeout: float = 2.0) -> None:
+        for conn in (self.send, self.recv):
+            conn.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _close_all(workers: list[_Worker]) -> None:
+    for worker in workers:
+        worker.close()
+
+
+class PreparePool:
+    """``processes`` workers preparing items for ``step``'s operator on ``device``; call
+    :meth:`prepare` from any thread."""
+
+    def __init__(self, step: Apply, device: str, processes: int):
+        if processes < 1:
+            msg = f"PreparePool: processes={processes!r} must be at least 1"
+            raise ValueError(msg)
+        self.label, self.processes = step.label, processes
+        self._setup = pickle.dumps((step, device, allowed_imports(), list(sys.path)), protocol=5)
+        self.workers = [_Worker(self._setup) for _ in range(processes)]
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for worker in self.workers:
+            self._idle.put(worker)
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()  # the workers' operators' run_counts, summed
+        self.failed: str | None = None  # why no worker could start, once none can
+        self._finalizer = weakref.finalize(self, _close_all, self.workers)
+
+    def prepare(self, inputs: list[tuple[Any, ...]]) -> list[Any] | None:
+        """One item per input tuple (or a :class:`.preprocess.Raised`), from an idle worker;
+        None while no worker has started yet, or when none could (then prepare here)."""
+        worker = self._take()
+        if worker is None:
+            return None
+        try:
+            items, counts = worker.call(inputs)
+        except (EOFError, OSError) as exc:
+            worker = self._replace(worker)
+            msg = f"{self.label}: a preprocessing worker process exited ({type(exc).__name__}); it was restarted"
+            raise WorkerLost(msg) from exc
+        finally:
+            self._idle.put(worker)
+        if counts:
+            with self._lock:
+                self.counts.update(counts)
+        return items
+
+    def _take(self) -> _Worker | None:
+        """An idle worker that has started; None when every idle one is still starting."""
+        for _ in range(self.processes):
+            if self.failed is not None:
+                return None
+            worker = self._idle.get()
+            state = worker.started()
+            if state is True:
+                return worker
+            self._idle.put(worker)
+            if state is not False:
+                self._give_up(str(state))
+        return None
+
+    def _give_up(self, error: str) -> None:
+        with self._lock:
+            if self.failed is not None:
+                return
+            self.failed = error
+        warnings.warn(
+            f"{self.label}: the preprocessing worker processes could not start ({error}); preparing in this process's threads instead",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+        self.close()
+
+    def _replace(self, dead: _Worker) -> _Worker:
+        dead.close(timeout=0.1)
+        with self._lock:
+            if self.failed is not None or not self._finalizer.alive:  # closed: nothing to restart
+                return dead
+            fresh = _Worker(self._setup)
+            self.workers[self.workers.index(dead)] = fresh
+            return fresh
+
+    def take_counts(self) -> Counter[str]:
+        """The workers' ``run_counts`` since the last call."""
+        with self._lock:
+            counts, self.counts = self.counts, Counter()
+        return counts
+
+    def close(self) -> None:
+        """Stop the workers (also done when the pool is collected or the program exits)."""
+        self._finalizer()
+
+
+_pools: weakref.WeakKeyDictionary[Operator, PreparePool] = weakref.WeakKeyDictionary()
+_pools_lock = threading.Lock()
+
+
+def pool_for(step: Apply, op: Operator, device: str, announce: bool = True) -> PreparePool | None:
+    """The pool that prepares items for ``op`` (a replica of ``step`` on ``device``), started
+    on first use and kept as long as ``op``; None when the operator asks for no processes or
+    cannot be prepared in one (it says so with a warning when it asked for a number)."""
+    wanted = getattr(op, "preprocess_processes", None)
+    processes = process_count(wanted, device)
+    if not processes:
+        return None
+    if not (callable(getattr(op, "setup_preprocess", None)) and portable(step)):
+        if wanted != "auto" and announce:
+            warnings.warn(
+                f"{step.label}: preprocess_processes={wanted!r} needs an operator of an installed package with setup_preprocess(); "
+                "preparing in this process's threads instead",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
+        return None
+    with _pools_lock:
+        pool = _pools.get(op)
+        if pool is None or pool.processes != processes:
+            if pool is not None:
+                pool.close()
+            pool = _pools[op] = PreparePool(step, device, processes)
+        return pool
+
+
+def existing_pool(op: Operator) -> PreparePool | None:
+    """The pool already started for ``op``, if any."""
+    return _pools.get(op)

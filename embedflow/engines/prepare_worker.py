@@ -1,0 +1,62 @@
+"""A preprocessing worker process (started by :mod:`.prepare_processes`, never by hand).
+
+It reads, from its parent over a pipe: the step, the device, the modules the user allowed
+model factories from and the parent's ``sys.path``; builds the step's operator and calls
+``setup_preprocess(device)``; then answers each list of input tuples with the prepared items
+(:func:`.preprocess.preprocess_items`) and the operator's ``run_counts`` since the last answer,
+until the pipe closes.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..models import allow_import
+from ..plan import instantiate
+from .preprocess import Raised, preprocess_items
+
+
+def _portable(items: list[Any]) -> list[Any]:
+    """``items`` with every error made one that pickles (its type and text kept)."""
+    out = []
+    for item in items:
+        if isinstance(item, Raised):
+            try:
+                pickle.dumps(item.error)
+            except Exception:  # noqa: BLE001 - any unpicklable exception
+                item = Raised(RuntimeError(f"{type(item.error).__name__}: {item.error}"))
+        out.append(item)
+    return out
+
+
+def serve(read_fd: int, write_fd: int) -> None:
+    """The worker's loop (see the module docstring)."""
+    requests, answers = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    try:
+        step, device, allowed, path = pickle.loads(requests.recv_bytes())  # from our parent: trusted
+        sys.path[:] = path
+        try:
+            allow_import(*allowed)
+            op = instantiate(step)
+            op.setup_preprocess(device)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - the parent warns and prepares in its threads
+            answers.send_bytes(pickle.dumps((False, f"{type(exc).__name__}: {exc}")))
+            return
+        answers.send_bytes(pickle.dumps((True, None)))
+        counts = getattr(op, "run_counts", None)
+        while True:
+            inputs = pickle.loads(requests.recv_bytes())
+            items = _portable(preprocess_items(op, inputs))
+            delta = dict(counts) if counts else {}
+            if counts:
+                counts.clear()
+            answers.send_bytes(pickle.dumps((items, delta), protocol=5))
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,153 @@
+"""Preparing items in worker processes (an operator's ``preprocess_processes``; for text,
+``tokenizer_processes``): the same vectors, rows, order, truncation warnings and error
+handling as preparing in threads; no row lost when a worker dies; no process left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import embedflow as ef
+from embedflow.engines.prepare_processes import PreparePool, existing_pool, process_count
+from embedflow.engines.preprocess import Raised
+from embedflow.engines.replicas import cached
+from embedflow.errors import ItemError
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _texts(sample_texts):
+    long = " ".join(sample_texts[:40])  # over 256 tokens: cut
+    return [*sample_texts[:60], long, "", "Ünïcödé façade — naïve café ☕", long]
+
+
+def _started(pool: PreparePool, timeout: float = 60.0) -> PreparePool:
+    deadline = time.monotonic() + timeout
+    while not all(w.started() is True for w in pool.workers):
+        assert time.monotonic() < deadline, "the worker processes did not start"
+        time.sleep(0.05)
+    return pool
+
+
+def _pool_of(chain) -> PreparePool:
+    (op,) = cached(chain.plan.steps[-1]).values()
+    pool = existing_pool(op)
+    assert pool is not None
+    return pool
+
+
+def _refuse(*_args):
+    raise AssertionError("prepared in the parent process, not in a worker")
+
+
+def test_processes_give_the_vectors_of_threads_in_order_and_count_cut_texts(sample_texts, monkeypatch):
+    texts = _texts(sample_texts)
+    with pytest.warns(UserWarning, match="2 text\\(s\\) were longer than 256 tokens"):
+        threads = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0, batch_size=8).to_numpy()
+    chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=2, batch_size=8)
+    with pytest.warns(UserWarning, match="were longer than"):
+        chain.to_numpy()  # the first run may prepare in threads while the workers start
+    pool = _started(_pool_of(chain))
+    (op,) = cached(chain.plan.steps[-1]).values()
+    monkeypatch.setattr(op.tokens, "many", _refuse)  # from now on only the workers tokenize
+    monkeypatch.setattr(op.tokens, "one", _refuse)
+    with pytest.warns(UserWarning, match="2 text\\(s\\) were longer than 256 tokens") as caught:
+        procs = chain.to_numpy()
+    assert sum("were longer than" in str(w.message) for w in caught) == 1  # one warning, counts summed over workers
+    np.testing.assert_allclose(procs, threads, atol=1e-6)
+    with pytest.warns(UserWarning, match="were longer than"):
+        report = chain.explain(analyze=True)
+    assert pool.processes == 2 and "preprocess (2 processes)" in report
+    workers = list(pool.workers)
+    pool.close()
+    assert all(w.process.poll() is not None for w in workers)
+
+
+def test_a_bad_row_is_named_or_skipped_with_processes(sample_texts):
+    rows = [*sample_texts[:5], 42, *sample_texts[5:9]]
+    chain = ef.dc(rows).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1)
+    expected = ef.dc(sample_texts[:9]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0).to_numpy()
+    with pytest.raises(ItemError, match="row 5 \\(input 42\\).*expects a str, got int: 42"):
+        chain.to_list()
+    _started(_pool_of(chain))
+    with pytest.raises(ItemError, match="row 5 \\(input 42\\).*expects a str, got int: 42"):
+        chain.to_list()  # now the error comes from the worker process
+    failed: list = []
+    with pytest.warns(UserWarning, match="1 item\\(s\\) failed and were skipped"):
+        out = ef.dc(rows).safe(errors=failed).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1).to_list()
+    assert len(out) == 9 and len(failed) == 1 and failed[0]["row"] == 5 and failed[0]["error_type"] == "TypeError"
+    np.testing.assert_allclose(np.stack(out), expected, atol=1e-6)
+
+
+def test_a_killed_worker_loses_no_row_and_is_replaced(sample_texts):
+    chain = ef.dc(sample_texts[:20]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, batch_size=4)
+    first = chain.to_numpy()
+    pool = _started(_pool_of(chain))
+    (worker,) = pool.workers
+    os.kill(worker.process.pid, signal.SIGKILL)
+    worker.process.wait()
+    again = chain.to_numpy()  # the call that meets the dead worker prepares in this process
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    (fresh,) = pool.workers
+    assert fresh is not worker and fresh.process.poll() is None
+    pool.close()
+
+
+def test_a_worker_error_travels_back_as_the_items_error():
+    step = ef.dc([]).text_embedding.transformers(model_name=MINILM).plan.steps[-1]
+    pool = _started(PreparePool(step, "cpu", processes=1))
+    try:
+        items = pool.prepare([("a b",), (None,), ("c",)])
+        assert items is not None and len(items) == 3
+        assert isinstance(items[1], Raised) and "expects a str, got NoneType" in str(items[1].error)
+        assert items[0]["input_ids"][0] == 101 and items[2]["input_ids"][-1] == 102  # [CLS] ... [SEP]
+    finally:
+        pool.close()
+
+
+def test_workers_that_cannot_start_leave_the_work_to_threads(tmp_path):
+    step = ef.dc([]).text_embedding.transformers(model_name=str(tmp_path / "no-model-here")).plan.steps[-1]
+    pool = PreparePool(step, "cpu", processes=1)
+    try:
+        assert pool.prepare([("a",)]) is None  # starting: not waited for
+        deadline = time.monotonic() + 60
+        with pytest.warns(UserWarning, match="preprocessing worker processes could not start \\(OSError: .*cannot load model"):
+            while pool.failed is None and time.monotonic() < deadline:
+                assert pool.prepare([("a",)]) is None
+                time.sleep(0.05)
+        assert pool.failed is not None and pool.workers[0].process.poll() is not None
+    finally:
+        pool.close()
+
+
+def test_an_operator_that_cannot_be_rebuilt_in_a_worker_is_prepared_in_threads():
+    class Twice(ef.Operator):
+        batchable = True
+        preprocess_processes = 2
+
+        def setup_preprocess(self, device):
+            pass
+
+        def preprocess(self, x):
+            return x * 2
+
+        def forward(self, batch):
+            return batch
+
+        def postprocess(self, output):
+            return list(output)
+
+    with pytest.warns(UserWarning, match="preprocess_processes=2 needs an operator of an installed package"):
+        assert ef.dc([1, 2, 3]).map(Twice()).to_list() == [2, 4, 6]
+
+
+def test_how_many_processes_and_bad_values():
+    assert process_count("auto", "cpu", 64) == 0 and process_count(None, "cuda:0", 64) == 0
+    assert process_count("auto", "cuda:0", 16) == 8 and process_count("auto", "cuda:0", 6) == 3 and process_count("auto", "cuda:0", 3) == 0
+    assert process_count(3, "cpu") == 3
+    with pytest.raises(ef.ParameterError, match="tokenizer_processes=-1 must be 0 \\(threads\\) or a number of processes"):
+        ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, tokenizer_processes=-1)
