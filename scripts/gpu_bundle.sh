@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-rm -rf .gpu && mkdir -p .gpu/whl .gpu/minilm
+rm -rf .gpu build && mkdir -p .gpu/whl .gpu/minilm  # build/: no stale module of an earlier wheel
 grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info && echo "/.gpu/" >> .git/info/exclude; }
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl .
 version() { "$PY" -c "from importlib.metadata import version; print(version('$1'))"; }
