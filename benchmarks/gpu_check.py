@@ -210,13 +210,15 @@ def image_rows(n, device, workers):
         model = model.to(device).to(memory_format=torch.channels_last)
         transform = create_transform(**resolve_data_config({}, model=model))
 
-        def chain(decode):
+        def chain(decode, **options):
             return ef.dc(paths).image_embedding.timm(
-                model_name="resnet50", checkpoint_path=str(weights), decode=decode, device=device, backend="torch"
+                model_name="resnet50", checkpoint_path=str(weights), decode=decode, device=device, backend="torch", **options
             )
 
+        processes = max(1, workers // 2)
         on_device, on_cpu = chain("device").set_progress(False), chain("cpu").set_progress(False)
-        for c in (on_device, on_cpu):
+        in_processes = chain("cpu", processes=processes).set_progress(False)
+        for c in (on_device, on_cpu, in_processes):
             c.head(256).to_list()
 
         class Files(torch.utils.data.Dataset):
@@ -248,6 +250,7 @@ def image_rows(n, device, workers):
         results = {
             "images: embedflow, decode on the device (default on CUDA)": timed(on_device.to_numpy),
             "images: embedflow, decode='cpu' (PIL in threads)": timed(on_cpu.to_numpy),
+            f"images: embedflow, decode='cpu', processes={processes} (PIL in worker processes)": timed(in_processes.to_numpy, 2),
             f"images: DataLoader({workers} workers) loop, fp16": timed(loader),
             "images: forward-only ceiling (random tensors, fp16)": timed(ceiling),
         }
@@ -259,10 +262,11 @@ def image_rows(n, device, workers):
 
         print(on_device.explain(analyze=True), flush=True)
         reference = results[f"images: DataLoader({workers} workers) loop, fp16"][1]
-        by_device, by_cpu = (results[k][1] for k in list(results)[:2])
+        by_device, by_cpu, by_processes = (results[k][1] for k in list(results)[:3])
         notes = [
             "images: min cosine vs the DataLoader loop (PIL, same weights): "
-            f"decode on the device {cosine(by_device, reference):.5f}, decode='cpu' {cosine(by_cpu, reference):.5f}"
+            f"decode on the device {cosine(by_device, reference):.5f}, decode='cpu' {cosine(by_cpu, reference):.5f}, "
+            f"in processes {cosine(by_processes, reference):.5f}"
         ]
         return n, results, notes
     finally:

@@ -141,7 +141,7 @@ def test_an_operator_that_cannot_be_rebuilt_in_a_worker_is_prepared_in_threads()
         def postprocess(self, output):
             return list(output)
 
-    with pytest.warns(UserWarning, match="preprocess_processes=2 needs an operator of an installed package"):
+    with pytest.warns(UserWarning, match="processes=2 needs an operator of an installed package"):
         assert ef.dc([1, 2, 3]).map(Twice()).to_list() == [2, 4, 6]
 
 
@@ -151,3 +151,22 @@ def test_how_many_processes_and_bad_values():
     assert process_count(3, "cpu") == 3
     with pytest.raises(ef.ParameterError, match="tokenizer_processes=-1 must be 0 \\(threads\\) or a number of processes"):
         ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, tokenizer_processes=-1)
+
+
+def test_the_processes_option_prepares_images_as_threads_do(sample_images, monkeypatch):
+    paths = [str(p) for p in sample_images[:6]]
+    options = {"model_name": "efficientnet_lite0", "backend": "torch", "decode": "cpu", "batch_size": 4}  # packaged weights: the same in both
+    threads = ef.dc(paths).image_embedding.timm(**options).to_numpy()
+    chain = ef.dc(paths).image_embedding.timm(**options, processes=1)
+    chain.to_numpy()
+    _started(_pool_of(chain))
+    (op,) = cached(chain.plan.steps[-1]).values()
+    monkeypatch.setattr(op, "preprocess", _refuse)  # from now on only the workers make pixels
+    np.testing.assert_allclose(chain.to_numpy(), threads, atol=1e-5)
+
+
+def test_the_processes_option_is_checked():
+    with pytest.raises(ef.PlanError, match="processes=-1 must be 0 \\(prepare in threads\\) or a number of worker processes"):
+        ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, processes=-1)
+    with pytest.raises(ef.ParameterError, match="processes=2 prepares a model step's items.*normalize is not a model step"):
+        ef.dc([[1.0]]).normalize(processes=2)

@@ -206,18 +206,20 @@ _pools: weakref.WeakKeyDictionary[Operator, PreparePool] = weakref.WeakKeyDictio
 _pools_lock = threading.Lock()
 
 
-def pool_for(step: Apply, op: Operator, device: str, announce: bool = True) -> PreparePool | None:
+def pool_for(step: Apply, op: Operator, device: str, processes: int | None = None) -> PreparePool | None:
     """The pool that prepares items for ``op`` (a replica of ``step`` on ``device``), started
-    on first use and kept as long as ``op``; None when the operator asks for no processes or
-    cannot be prepared in one (it says so with a warning when it asked for a number)."""
-    wanted = getattr(op, "preprocess_processes", None)
-    processes = process_count(wanted, device)
-    if not processes:
+    on first use and kept as long as ``op``: ``processes`` workers (the step's ``processes=``),
+    else as many as the operator's ``preprocess_processes`` says. None when that is none, or
+    when the operator cannot be prepared in a worker (said with a warning when a number was
+    asked for)."""
+    wanted = processes if processes is not None else getattr(op, "preprocess_processes", None)
+    count = process_count(wanted, device)
+    if not count:
         return None
     if not (callable(getattr(op, "setup_preprocess", None)) and portable(step)):
-        if wanted != "auto" and announce:
+        if wanted != "auto":
             warnings.warn(
-                f"{step.label}: preprocess_processes={wanted!r} needs an operator of an installed package with setup_preprocess(); "
+                f"{step.label}: processes={count} needs an operator of an installed package with setup_preprocess(); "
                 "preparing in this process's threads instead",
                 UserWarning,
                 stacklevel=user_stacklevel(),
@@ -225,10 +227,10 @@ def pool_for(step: Apply, op: Operator, device: str, announce: bool = True) -> P
         return None
     with _pools_lock:
         pool = _pools.get(op)
-        if pool is None or pool.processes != processes:
+        if pool is None or pool.processes != count:
             if pool is not None:
                 pool.close()
-            pool = _pools[op] = PreparePool(step, device, processes)
+            pool = _pools[op] = PreparePool(step, device, count)
         return pool
 
 

@@ -180,6 +180,12 @@ def bind_operator(
     elif params:
         msg = f"{name}(): an operator instance takes no parameters, got {sorted(params)}"
         raise ParameterError(msg)
+    if options.processes and not getattr(target, "batchable", False):
+        msg = (
+            f"{name}(): processes={options.processes} prepares a model step's items in worker processes, and {name} is not a "
+            "model step (it is not batchable); use workers= for its threads"
+        )
+        raise ParameterError(msg)
     step = Apply(name=name, params=params, inputs=inputs, outputs=outputs, options=options, target=obj, on_error=on_error)
     if not isinstance(target, Operator):
         try:

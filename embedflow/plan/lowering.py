@@ -66,6 +66,7 @@ class ModelStage:
     device: str  # as asked: auto | cpu | cuda | cuda:N | mps
     dtype: str | None
     workers: int | None  # preprocess threads; None: the engine decides
+    processes: int | None = None  # preprocess worker processes; None: the operator's preprocess_processes
     ordered: bool = True  # rows leave in input order
     reports_progress: bool = False  # the last model stage drives the progress bar
 
@@ -127,6 +128,7 @@ def classify(step: Step, plan: Plan) -> Stage:
             device=options.device or plan.device,
             dtype=options.dtype,
             workers=options.workers,
+            processes=options.processes,
         )
     threaded = options.workers > 1 if options.workers is not None else bool(cls.threaded)
     return PoolStage(step, options.workers) if threaded else CheapStage((step,))

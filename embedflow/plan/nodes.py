@@ -26,7 +26,7 @@ from ..errors import PlanError, short_repr
 from ..io.sources import Source
 from ..operator import FunctionOperator, Operator, callable_name, is_operator_class
 
-EXECUTION_OPTIONS = ("batch_size", "device", "workers", "dtype", "max_batch_tokens")
+EXECUTION_OPTIONS = ("batch_size", "device", "workers", "dtype", "max_batch_tokens", "processes")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -52,6 +52,7 @@ class ExecOptions:
     workers: int | None = None  # threads for preprocess (decode, tokenize)
     dtype: str | None = None  # auto | fp32 | fp16 | bf16 (autocast on the device)
     max_batch_tokens: int | None = None  # cap on padded tokens per batch (with sort_key)
+    processes: int | None = None  # worker processes preparing a model step's items (0: threads only)
 
     @classmethod
     def from_kwargs(cls, step: str, kwargs: dict[str, Any]) -> ExecOptions:
@@ -62,6 +63,10 @@ class ExecOptions:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 msg = f"{step}: {key}={value!r} must be a positive integer, e.g. {key}=32"
                 raise PlanError(msg)
+        processes = values.get("processes")
+        if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 0):
+            msg = f"{step}: processes={processes!r} must be 0 (prepare in threads) or a number of worker processes, e.g. processes=8"
+            raise PlanError(msg)
         if values.get("device") is not None:
             check_device(values["device"])
         dtype = values.get("dtype")

@@ -160,6 +160,9 @@ class TimmImageEmbedding(Operator):
         self.backend_used = "torch" if self.layer is not None else choose_backend(self.backend, device, measured)
         if self.backend_used == "onnx":
             self.session = self._onnx_session(self.config["input_size"], checkpoint)
+        # pixels in, vectors out, nothing read back to the CPU: the engine may replay the model from
+        # CUDA graphs (a batch still to be decoded on the device is not a graph's input: run as usual)
+        self.cuda_graphs = self.backend_used == "torch"
 
     def setup_preprocess(self, device: str) -> None:
         """Only what ``preprocess`` needs — the model's transform, from an architecture built on

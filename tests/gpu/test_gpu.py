@@ -86,6 +86,23 @@ def test_images_decoded_on_the_gpu_equal_the_cpu_path(sample_images, lite0, dtyp
     assert float((cpu * gpu).sum(1).min()) > bound
 
 
+def test_images_decoded_in_processes_and_replayed_from_cuda_graphs_equal_the_cpu_path(sample_images, lite0):
+    import warnings
+
+    from embedflow.engines.cuda_graphs import runner_for
+
+    paths = [str(p) for p in sample_images] * 10
+    cpu = ef.dc(paths).image_embedding.timm(**lite0, device="cpu", decode="cpu").normalize().to_numpy()
+    chain = ef.dc(paths).image_embedding.timm(**lite0, device="cuda", dtype="fp32", decode="cpu", processes=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "graphs turned off"
+        gpu = chain.normalize().to_numpy()
+    ((device, op),) = ready(chain.plan.steps[-1], ["cuda:0"])
+    runner = runner_for(op, device, "images")
+    assert runner is not None and runner.off is None and runner.graphs
+    assert float((cpu * gpu).sum(1).min()) > 0.999
+
+
 def test_a_png_among_jpegs_falls_back_to_the_cpu_decoder(sample_images, lite0, tmp_path):
     from PIL import Image
 

@@ -88,7 +88,7 @@ class LocalEngine(Engine):
             stage = group[0]
             if isinstance(stage, ModelStage):
                 reps = replicas[id(stage)]
-                processes = pool_for(stage.step, reps[0].op, reps[0].device)
+                processes = pool_for(stage.step, reps[0].op, reps[0].device, stage.processes)
                 workers = stage.workers or (processes.processes if processes is not None else workers_default)
                 sized = for_device(stage, reps[0].device)  # GPU-sized batches where the user set none
                 feed = progress if stage.reports_progress else None
