@@ -170,3 +170,16 @@ def test_the_processes_option_is_checked():
         ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, processes=-1)
     with pytest.raises(ef.ParameterError, match="processes=2 prepares a model step's items.*normalize is not a model step"):
         ef.dc([[1.0]]).normalize(processes=2)
+
+
+def test_a_worker_that_dies_while_starting_leaves_the_work_to_threads():
+    step = ef.dc([]).text_embedding.transformers(model_name=MINILM).plan.steps[-1]
+    pool = PreparePool(step, "cpu", processes=1)
+    try:
+        os.kill(pool.workers[0].process.pid, signal.SIGKILL)
+        pool.workers[0].process.wait()
+        with pytest.warns(UserWarning, match="could not start \\(the worker process exited while starting \\(exit code -9\\)\\)"):
+            assert pool.prepare([("a",)]) is None
+        assert pool.failed is not None
+    finally:
+        pool.close()

@@ -93,9 +93,16 @@ class _Worker:
         error text when it could not."""
         if self.ready:
             return True
-        if not self.recv.poll():
-            return False
-        ok, error = pickle.loads(self.recv.recv_bytes())  # our own worker's answer: trusted
+        try:
+            if not self.recv.poll():
+                return False
+            ok, error = pickle.loads(self.recv.recv_bytes())  # our own worker's answer: trusted
+        except (EOFError, OSError):
+            try:
+                code: Any = self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                code = "unknown: it closed its pipe but still runs"
+            return f"the worker process exited while starting (exit code {code})"
         self.ready = bool(ok)
         return True if ok else error
 
