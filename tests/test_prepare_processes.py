@@ -166,6 +166,7 @@ def test_the_processes_option_prepares_images_as_threads_do(sample_images, monke
 
 
 def test_the_processes_option_is_checked():
+    assert "processes=2" in ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, processes=2).explain()
     with pytest.raises(ef.PlanError, match="processes=-1 must be 0 \\(prepare in threads\\) or a number of worker processes"):
         ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, processes=-1)
     with pytest.raises(ef.ParameterError, match="processes=2 prepares a model step's items.*normalize is not a model step"):
