@@ -184,3 +184,24 @@ def test_a_worker_that_dies_while_starting_leaves_the_work_to_threads():
         assert pool.failed is not None
     finally:
         pool.close()
+
+
+def test_a_worker_killed_mid_run_loses_no_row(sample_texts, monkeypatch):
+    texts = sample_texts[:40]
+    expected = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0, batch_size=4).to_numpy()
+    chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, batch_size=4)
+    chain.head(1).to_list()  # starts the worker
+    pool = _started(_pool_of(chain))
+    calls = []
+    real = PreparePool.prepare
+
+    def prepare_then_kill(self, inputs):
+        calls.append(len(inputs))
+        if len(calls) == 3:  # the third request of the run meets a worker killed under it
+            os.kill(self.workers[0].process.pid, signal.SIGKILL)
+            self.workers[0].process.wait()
+        return real(self, inputs)
+
+    monkeypatch.setattr(PreparePool, "prepare", prepare_then_kill)
+    np.testing.assert_allclose(chain.to_numpy(), expected, atol=1e-6)
+    assert sum(calls) == 40 and len(calls) > 3 and pool.workers[0].process.poll() is None  # every row asked for once; replaced, alive
