@@ -115,7 +115,7 @@ def test_workers_that_cannot_start_leave_the_work_to_threads(tmp_path):
     try:
         assert pool.prepare([("a",)]) is None  # starting: not waited for
         deadline = time.monotonic() + 60
-        with pytest.warns(UserWarning, match="preprocessing worker processes could not start \\(OSError: .*cannot load model"):
+        with pytest.warns(UserWarning, match="preprocessing worker processes cannot serve \\(they could not start: OSError: .*cannot load model"):
             while pool.failed is None and time.monotonic() < deadline:
                 assert pool.prepare([("a",)]) is None
                 time.sleep(0.05)
@@ -179,7 +179,7 @@ def test_a_worker_that_dies_while_starting_leaves_the_work_to_threads():
     try:
         os.kill(pool.workers[0].process.pid, signal.SIGKILL)
         pool.workers[0].process.wait()
-        with pytest.warns(UserWarning, match="could not start \\(the worker process exited while starting \\(exit code -9\\)\\)"):
+        with pytest.warns(UserWarning, match="cannot serve \\(they could not start: the worker process exited while starting \\(exit code -9\\)\\)"):
             assert pool.prepare([("a",)]) is None
         assert pool.failed is not None
     finally:
@@ -205,3 +205,66 @@ def test_a_worker_killed_mid_run_loses_no_row(sample_texts, monkeypatch):
     monkeypatch.setattr(PreparePool, "prepare", prepare_then_kill)
     np.testing.assert_allclose(chain.to_numpy(), expected, atol=1e-6)
     assert sum(calls) == 40 and len(calls) > 3 and pool.workers[0].process.poll() is None  # every row asked for once; replaced, alive
+
+
+def test_an_input_that_cannot_travel_is_prepared_here(sample_texts):
+    rows = [*sample_texts[:3], lambda: "not a text", *sample_texts[3:6]]
+    failed: list = []
+    chain = ef.dc(rows).safe(errors=failed).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1)
+    with pytest.warns(UserWarning, match="1 item\\(s\\) failed"):
+        chain.to_list()
+    pool = _started(_pool_of(chain))
+    failed.clear()
+    with pytest.warns(UserWarning, match="1 item\\(s\\) failed and were skipped"):
+        out = chain.to_list()  # the chunk with the function cannot be pickled: prepared in this process
+    assert len(out) == 6 and failed[0]["row"] == 3 and "expects a str, got function" in failed[0]["message"]
+    assert pool.failed is None and pool.workers[0].process.poll() is None
+
+
+def test_items_that_cannot_be_pickled_leave_the_work_to_threads(monkeypatch):
+    step = ef.dc([]).text_embedding.transformers(model_name=MINILM).plan.steps[-1]
+    pool = _started(PreparePool(step, "cpu", processes=1))
+    try:
+        monkeypatch.setattr(type(pool.workers[0]), "call", lambda self, payload: (None, "PicklingError: a function"))
+        with pytest.warns(UserWarning, match="cannot serve \\(its prepared items cannot be sent between processes: PicklingError: a function\\)"):
+            assert pool.prepare([("a",)]) is None
+        assert pool.failed is not None and pool.prepare([("a",)]) is None
+    finally:
+        pool.close()
+
+
+def test_a_worker_answers_unpicklable_items_with_the_reason(registered):
+    import pickle
+    import sys
+    import threading
+    from multiprocessing.connection import Connection
+
+    from embedflow.engines.prepare_worker import serve
+
+    @registered("test.lambdas")
+    class Lambdas(ef.Operator):
+        batchable = True
+
+        def setup_preprocess(self, device):
+            pass
+
+        def preprocess(self, x):
+            return lambda: x  # a prepared item pickle refuses
+
+    step = ef.dc([1]).test.lambdas().plan.steps[-1]
+    read_in, write_in = os.pipe()
+    read_out, write_out = os.pipe()
+    worker = threading.Thread(target=serve, args=(read_in, write_out))
+    worker.start()
+    send, recv = Connection(write_in, readable=False), Connection(read_out, writable=False)
+    try:
+        send.send_bytes(pickle.dumps((step, "cpu", [], list(sys.path))))
+        assert pickle.loads(recv.recv_bytes()) == (True, None)
+        send.send_bytes(pickle.dumps([(1,), (2,)]))
+        items, why = pickle.loads(recv.recv_bytes())
+        assert items is None and "pickle" in why.lower()
+    finally:
+        send.close()
+        worker.join(10)
+        recv.close()
+    assert not worker.is_alive()

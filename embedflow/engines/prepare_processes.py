@@ -106,8 +106,9 @@ class _Worker:
         self.ready = bool(ok)
         return True if ok else error
 
-    def call(self, inputs: list[tuple[Any, ...]]) -> tuple[list[Any], dict[str, int]]:
-        self.send.send_bytes(pickle.dumps(inputs, protocol=5))
+    def call(self, payload: bytes) -> tuple[list[Any] | None, Any]:
+        """``(items, run_counts)``, or ``(None, why)`` when the items could not be sent back."""
+        self.send.send_bytes(payload)
         return pickle.loads(self.recv.recv_bytes())  # our own worker's answer: trusted
 
     def close(self, timeout: float = 2.0) -> None:
@@ -141,23 +142,31 @@ class PreparePool:
             self._idle.put(worker)
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()  # the workers' operators' run_counts, summed
-        self.failed: str | None = None  # why no worker could start, once none can
+        self.failed: str | None = None  # why the workers cannot serve, once they cannot
         self._finalizer = weakref.finalize(self, _close_all, self.workers)
 
     def prepare(self, inputs: list[tuple[Any, ...]]) -> list[Any] | None:
         """One item per input tuple (or a :class:`.preprocess.Raised`), from an idle worker;
-        None while no worker has started yet, or when none could (then prepare here)."""
+        None while no worker has started yet, when none could, or when the inputs cannot
+        travel to a process (an open file, a function): then prepare here."""
+        try:
+            payload = pickle.dumps(inputs, protocol=5)
+        except Exception:  # noqa: BLE001 - any input pickle refuses: this chunk is prepared here
+            return None
         worker = self._take()
         if worker is None:
             return None
         try:
-            items, counts = worker.call(inputs)
+            items, counts = worker.call(payload)
         except (EOFError, OSError) as exc:
             worker = self._replace(worker)
             msg = f"{self.label}: a preprocessing worker process exited ({type(exc).__name__}); it was restarted"
             raise WorkerLost(msg) from exc
         finally:
             self._idle.put(worker)
+        if items is None:  # the operator's prepared items cannot be pickled: no process can help
+            self._give_up(f"its prepared items cannot be sent between processes: {counts}")
+            return None
         if counts:
             with self._lock:
                 self.counts.update(counts)
@@ -174,7 +183,7 @@ class PreparePool:
                 return worker
             self._idle.put(worker)
             if state is not False:
-                self._give_up(str(state))
+                self._give_up(f"they could not start: {state}")
         return None
 
     def _give_up(self, error: str) -> None:
@@ -183,7 +192,7 @@ class PreparePool:
                 return
             self.failed = error
         warnings.warn(
-            f"{self.label}: the preprocessing worker processes could not start ({error}); preparing in this process's threads instead",
+            f"{self.label}: the preprocessing worker processes cannot serve ({error}); preparing in this process's threads instead",
             UserWarning,
             stacklevel=user_stacklevel(),
         )

@@ -3,8 +3,8 @@
 It reads, from its parent over a pipe: the step, the device, the modules the user allowed
 model factories from and the parent's ``sys.path``; builds the step's operator and calls
 ``setup_preprocess(device)``; then answers each list of input tuples with the prepared items
-(:func:`.preprocess.preprocess_items`) and the operator's ``run_counts`` since the last answer,
-until the pipe closes.
+(:func:`.preprocess.preprocess_items`) and the operator's ``run_counts`` since the last answer
+(or ``None`` and the reason when the items cannot be pickled), until the pipe closes.
 """
 
 from __future__ import annotations
@@ -53,7 +53,11 @@ def serve(read_fd: int, write_fd: int) -> None:
             delta = dict(counts) if counts else {}
             if counts:
                 counts.clear()
-            answers.send_bytes(pickle.dumps((items, delta), protocol=5))
+            try:
+                answer = pickle.dumps((items, delta), protocol=5)
+            except Exception as exc:  # noqa: BLE001 - items pickle refuses: the parent prepares them itself
+                answer = pickle.dumps((None, f"{type(exc).__name__}: {exc}"))
+            answers.send_bytes(answer)
     except (EOFError, OSError, KeyboardInterrupt):
         return
 
