@@ -268,3 +268,34 @@ def test_a_worker_answers_unpicklable_items_with_the_reason(registered):
         worker.join(10)
         recv.close()
     assert not worker.is_alive()
+
+
+def test_no_process_can_be_started_then_threads_prepare(sample_texts, monkeypatch):
+    import subprocess
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    expected = ef.dc(sample_texts[:5]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0).to_numpy()
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    chain = ef.dc(sample_texts[:5]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=2)
+    with pytest.warns(
+        UserWarning, match="processes=2: the worker processes could not be started \\(BlockingIOError: .*Resource temporarily unavailable"
+    ):
+        got = chain.to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_a_worker_that_cannot_be_restarted_stops_the_workers_once(sample_texts, monkeypatch):
+    import subprocess
+
+    chain = ef.dc(sample_texts[:12]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, batch_size=4)
+    first = chain.to_numpy()
+    pool = _started(_pool_of(chain))
+    os.kill(pool.workers[0].process.pid, signal.SIGKILL)
+    pool.workers[0].process.wait()
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: (_ for _ in ()).throw(OSError(11, "Resource temporarily unavailable")))
+    with pytest.warns(UserWarning, match="cannot serve \\(a worker could not be restarted: BlockingIOError: .*Resource temporarily unavailable"):
+        again = chain.to_numpy()
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    assert pool.failed is not None

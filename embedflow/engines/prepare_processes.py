@@ -136,7 +136,13 @@ class PreparePool:
             raise ValueError(msg)
         self.label, self.processes = step.label, processes
         self._setup = pickle.dumps((step, device, allowed_imports(), list(sys.path)), protocol=5)
-        self.workers = [_Worker(self._setup) for _ in range(processes)]
+        self.workers: list[_Worker] = []
+        try:
+            for _ in range(processes):
+                self.workers.append(_Worker(self._setup))
+        except OSError:
+            _close_all(self.workers)  # none left behind
+            raise
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for worker in self.workers:
             self._idle.put(worker)
@@ -203,9 +209,17 @@ class PreparePool:
         with self._lock:
             if self.failed is not None or not self._finalizer.alive:  # closed: nothing to restart
                 return dead
-            fresh = _Worker(self._setup)
-            self.workers[self.workers.index(dead)] = fresh
-            return fresh
+            try:
+                fresh = _Worker(self._setup)
+            except OSError as exc:  # no process can be started now (limits, memory)
+                failure: OSError | None = exc
+            else:
+                failure = None
+                self.workers[self.workers.index(dead)] = fresh
+        if failure is not None:
+            self._give_up(f"a worker could not be restarted: {type(failure).__name__}: {failure}")
+            return dead
+        return fresh
 
     def take_counts(self) -> Counter[str]:
         """The workers' ``run_counts`` since the last call."""
@@ -246,7 +260,16 @@ def pool_for(step: Apply, op: Operator, device: str, processes: int | None = Non
         if pool is None or pool.processes != count:
             if pool is not None:
                 pool.close()
-            pool = _pools[op] = PreparePool(step, device, count)
+            try:
+                pool = _pools[op] = PreparePool(step, device, count)
+            except OSError as exc:  # no process can be started here (no executable, limits)
+                warnings.warn(
+                    f"{step.label}: processes={count}: the worker processes could not be started ({type(exc).__name__}: {exc}); "
+                    "preparing in this process's threads instead",
+                    UserWarning,
+                    stacklevel=user_stacklevel(),
+                )
+                return None
         return pool
 
 
