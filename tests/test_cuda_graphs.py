@@ -35,13 +35,13 @@ class FakeRecording(GraphRunner):
     """Records by keeping the inputs' buffers and re-running forward on them at replay, as a
     CUDA graph replays its kernels on its buffers; ``broken`` makes replays wrong."""
 
-    def __init__(self, forward, broken=False, fail=False):
+    def __init__(self, forward, broken=False, fail=None):
         super().__init__(forward, "cuda:0", "text_embedding.transformers")
         self.recorded, self.broken, self.fail = 0, broken, fail
 
     def _capture(self, inputs):
-        if self.fail:
-            raise RuntimeError("operation not permitted when stream is capturing")
+        if self.fail is not None:
+            raise self.fail
         self.recorded += 1
         outputs = self.forward(inputs)
         runner = self
@@ -81,11 +81,26 @@ def test_a_graph_that_disagrees_turns_graphs_off_and_no_wrong_value_leaves():
 
 
 def test_a_recording_that_fails_turns_graphs_off_once():
-    runner = FakeRecording(pooled, fail=True)
+    runner = FakeRecording(pooled, fail=RuntimeError("operation not permitted when stream is capturing"))
     b = batch_of(3, 8)
     with pytest.warns(UserWarning, match="recording a CUDA graph failed \\(RuntimeError: operation not permitted"):
         assert torch.equal(runner(b)[0], pooled(b)[0])
     assert runner(batch_of(3, 16))[0].shape == (3, 2) and runner.off.startswith("recording")
+
+
+def test_a_recording_out_of_memory_leaves_that_shape_unrecorded_and_graphs_on():
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError, by name as the engine sees it
+        pass
+
+    runner = FakeRecording(pooled, fail=OutOfMemoryError("CUDA out of memory"))
+    b = batch_of(2, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: graphs stay on
+        assert torch.equal(runner(b)[0], pooled(b)[0]) and torch.equal(runner(b)[0], pooled(b)[0])
+    assert runner.off is None and len(runner.unrecorded) == 1
+    runner.fail = None
+    runner(batch_of(4, 8))  # another shape, room again: recorded
+    assert runner.recorded == 1 and len(runner.graphs) == 1
 
 
 def test_signatures_past_the_cap_run_as_usual(monkeypatch):

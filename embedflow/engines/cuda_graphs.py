@@ -12,8 +12,9 @@ back to the CPU). Per batch signature (the shapes and dtypes of its tensors) it 
 graph the first time, checks the graph's output against ``forward`` run as usual on that
 batch (cosine >= 0.999 per row for floats, equal otherwise) and from then on copies each
 batch into the graph's input buffers and replays it. It stops recording after
-``MAX_GRAPHS`` signatures (later shapes run as usual). If recording fails or a graph's output
-differs, it warns once and runs every batch as usual from then on.
+``MAX_GRAPHS`` signatures (later shapes run as usual). A signature whose recording runs out
+of memory runs as usual; if recording fails otherwise or a graph's output differs, it warns
+once and runs every batch as usual from then on.
 
 Each replay's outputs are copied out of the graph's buffers on the stream right after it (a
 later replay cannot overwrite them), and replays of one runner are serialised by a lock (two
@@ -117,6 +118,7 @@ class GraphRunner:
         self.graphs: dict[Any, _Graph] = {}
         self.off: str | None = None  # why graphs were turned off, once they are
         self.pool: Any = None  # one memory pool shared by the graphs (one replays at a time)
+        self.unrecorded: set[Any] = set()  # signatures whose recording ran out of memory: run as usual
         self._lock = threading.Lock()
 
     def __call__(self, batch: Any) -> Any:
@@ -128,7 +130,7 @@ class GraphRunner:
             graph = self.graphs.get(key)
             if graph is not None:
                 return graph.replay(batch)
-            if len(self.graphs) >= MAX_GRAPHS or self.off is not None:
+            if len(self.graphs) >= MAX_GRAPHS or self.off is not None or key in self.unrecorded:
                 return self.forward(batch)
             return self._record(key, batch)
 
@@ -140,6 +142,9 @@ class GraphRunner:
             got = recorded.replay(batch)
             agrees = same_output(expected, got)
         except Exception as exc:  # noqa: BLE001 - any failure to record: run as usual, say so once
+            if type(exc).__name__ == "OutOfMemoryError":  # no room for this shape's graph now (an OOM retry's halves)
+                self.unrecorded.add(key)
+                return expected
             self._turn_off(f"recording a CUDA graph failed ({type(exc).__name__}: {exc})")
             return expected
         if not agrees:
