@@ -13,6 +13,7 @@ from .errors import (
     DeviceError,
     EmbedflowError,
     ItemError,
+    ModelNotFoundError,
     OperatorLoadError,
     ParameterError,
     PipelineError,
@@ -24,6 +25,7 @@ from .models import allow_import, resolve_model
 from .operator import Operator
 from .pipelines import load_pipeline, pipeline, serve
 from .registry import get_operator, list_operators, register
+from .samples import SAMPLES as samples
 
 __version__ = "0.1.0"
 load_index = VectorIndex.load  # ef.load_index("photos.parquet"): an index saved by VectorIndex.save or a parquet sink
@@ -34,6 +36,7 @@ __all__ = [
     "DeviceError",
     "EmbedflowError",
     "ItemError",
+    "ModelNotFoundError",
     "Operator",
     "OperatorLoadError",
     "ParameterError",
@@ -56,5 +59,6 @@ __all__ = [
     "read_text",
     "register",
     "resolve_model",
+    "samples",
     "serve",
 ]

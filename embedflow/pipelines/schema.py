@@ -32,6 +32,7 @@ from .. import registry
 from ..dsl import DataCollection, readers
 from ..errors import EmbedflowError, PipelineError, did_you_mean
 from ..plan import EXECUTION_OPTIONS, check_device
+from ..samples import SAMPLES
 from .catalog import resolve
 from .sink_spec import SinkSpec
 from .yaml_loader import LineDict, load_yaml_file
@@ -45,6 +46,20 @@ SINK_KINDS = ("parquet", "jsonl", "npy", "milvus", "print")
 SINK_OPTIONS = ("columns", "column", "collection", "vector", "fields", "metric")
 ON_ERROR = ("raise", "skip")
 _PARAM = re.compile(r"\$\{([^}]*)\}")
+
+
+def builtin_params() -> dict[str, str]:
+    """Parameters every pipeline file may use without declaring them: ``${samples}``, the
+    folder of sample data inside the installed package (what the bundled pipelines read by
+    default, so they run from any folder). A file's own ``params`` of the same name win.
+
+    >>> (Path(builtin_params()["samples"]) / "texts" / "sentences.txt").is_file()
+    True
+    """
+    return {"samples": str(SAMPLES)}
+
+
+_BUILTIN_NAMES = ("samples",)
 
 
 @dataclass
@@ -111,9 +126,11 @@ def _substitute(value: Any, params: dict[str, Any], where: str) -> Any:
     def lookup(name: str) -> Any:
         if name not in params:
             hint = did_you_mean(name, params)
-            declared = ", ".join(params) or "none"
+            declared = ", ".join(k for k in params if k not in _BUILTIN_NAMES) or "none"
+            builtin = ", ".join(_BUILTIN_NAMES)
             raise _fail(
-                where, f"unknown parameter ${{{name}}}.{hint} Declared params: {declared}; declare it under params: or pass --param {name}=..."
+                where,
+                f"unknown parameter ${{{name}}}.{hint} Declared params: {declared} (built in: {builtin}); declare it under params: or pass --param {name}=...",
             )
         if params[name] is None:
             raise _fail(where, f"parameter ${{{name}}} has no value: pass --param {name}=...")
@@ -145,13 +162,14 @@ def read_pipeline(path: str | Path, **overrides: Any) -> Pipeline:
     declared = doc.get("params") or LineDict()
     if not isinstance(declared, dict):
         raise _fail(doc.where("params"), f"params must be a mapping of name: default, got {declared!r}")
-    params = dict(declared)
+    builtins = {k: v for k, v in builtin_params().items() if k not in declared}
+    params = {k: _substitute(v, builtins, declared.where(k)) for k, v in declared.items()}  # a default may name ${samples}
     for name, value in overrides.items():
         if name not in params:
             hint = did_you_mean(name, params)
             raise PipelineError(f"{file}: --param {name}: the pipeline declares no parameter {name!r}.{hint} Declared: {', '.join(params) or 'none'}")
         params[name] = _parse_param_value(value) if isinstance(value, str) else value
-    body = _substitute(LineDict({k: v for k, v in doc.items() if k != "params"}), params, f"{file}:{doc.line}")
+    body = _substitute(LineDict({k: v for k, v in doc.items() if k != "params"}), {**builtins, **params}, f"{file}:{doc.line}")
     body.key_lines = doc.key_lines
     body.file = file
 
