@@ -1,4 +1,4 @@
-"""The operator contract (DESIGN.md §3) and the wrapper that makes a plain function one.
+"""The operator contract (docs/DESIGN.md §3) and the wrapper that makes a plain function one.
 
 An operator turns one input item into one result. The engine owns threads, devices, batching
 and ordering; an operator only says how to prepare an item, how to run a batch and how to split
@@ -14,9 +14,11 @@ the batch's output back into one result per item.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 from .errors import short_repr
@@ -81,6 +83,12 @@ class Operator:
         """Whether a step of this operator with ``params`` opens its string inputs as paths
         (default: ``reads_files``); an operator whose parameters decide it overrides this."""
         return cls.reads_files
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Fail now, with the fix, when what a step with ``params`` will need before its first
+        row is missing (a database it reads); run by ``validate`` and before a run's work,
+        without loading anything. Default: nothing to check."""
 
     def setup(self, device: str) -> None:
         """Load weights or other state once per worker; default does nothing."""
@@ -169,3 +177,30 @@ def callable_name(fn: Any) -> str:
 def is_operator_class(obj: Any) -> bool:
     """True for a subclass of :class:`Operator` (not an instance)."""
     return inspect.isclass(obj) and issubclass(obj, Operator)
+
+
+_expected: ContextVar[int | None] = ContextVar("embedflow_expected_items", default=None)
+
+
+def expected_items() -> int | None:
+    """How many rows the run now setting up an operator will read, when the source knows it
+    (None: unknown, or a function called item by item): lets ``setup`` skip work a short run
+    cannot win back, such as an ONNX export.
+
+    >>> with expecting(40):
+    ...     expected_items()
+    40
+    >>> expected_items() is None
+    True
+    """
+    return _expected.get()
+
+
+@contextlib.contextmanager
+def expecting(rows: int | None) -> Iterator[None]:
+    """What :func:`expected_items` answers inside the block (an engine sets it around ``setup``)."""
+    token = _expected.set(rows)
+    try:
+        yield
+    finally:
+        _expected.reset(token)

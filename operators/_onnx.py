@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from embedflow.models import cache_dir
+from embedflow.operator import expected_items
 
 BACKENDS = ("auto", "torch", "onnx")
 INSTALL_HINT = "backend='onnx' needs ONNX Runtime, which is not installed: pip install 'embedflow[onnx]'"
@@ -94,6 +96,29 @@ def notice(message: str) -> None:
     """A line on stderr beside the progress bar (what a first run spends its time on)."""
     if os.environ.get("EMBEDFLOW_PROGRESS", "1") != "0":
         print(f"embedflow: {message}", file=sys.stderr, flush=True)
+
+
+# Rows below which ``auto`` stays on torch rather than export: an export takes 10-20 s on a
+# 2-core CPU and ONNX Runtime saves ~2.4 ms a row over torch for MiniLM (125.6 vs 179.2
+# sentences/s, benchmarks/RESULTS.md "Text"), so under 2,000 rows the export costs at least
+# twice what it saves; from there on it is about even on the first run and a gain on every
+# later one (the export is cached).
+EXPORT_PAYS_OFF_ROWS = 2000
+
+
+def export_declined(backend: str, key: str, label: str) -> bool:
+    """Whether ``auto`` runs torch instead of exporting now: the export is not cached and the
+    run reads fewer rows than would win it back (``expected_items``). It says so on stderr."""
+    rows = expected_items()
+    if backend != "auto" or rows is None or rows >= EXPORT_PAYS_OFF_ROWS:
+        return False
+    if (cache_dir() / "onnx" / key / "model.onnx").exists():
+        return False
+    notice(
+        f"{label}: torch for these {rows} rows (exporting to ONNX costs 10-20 s once and pays off from about "
+        f"{EXPORT_PAYS_OFF_ROWS} rows; backend='onnx' exports now)"
+    )
+    return True
 
 
 def exported(key: str, label: str, export: Callable[[Path], None], verify: Callable[[Path], None]) -> Path:
@@ -191,10 +216,52 @@ def quantize_int8(path: Path) -> None:
         if node.op_type == "MatMul" and any(len(d) == 2 and max(d) == 4 * min(d) for d in (shapes[x] for x in node.input if x in shapes))
     ]
     target = path.with_suffix(".int8.onnx")
-    quantize_dynamic(
-        str(path), str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"], nodes_to_exclude=feed_forward
-    )
+    with _quiet_quantizer():
+        quantize_dynamic(
+            str(path), str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"], nodes_to_exclude=feed_forward
+        )
+    if not quantized_weights(target):
+        target.unlink(missing_ok=True)
+        msg = f"quantize_weights='int8': ONNX Runtime quantized no weight of {path.name} (no MatMul it could convert); use quantize_weights=None for this model"
+        raise RuntimeError(msg)
     os.replace(target, path)
+
+
+def quantized_weights(path: Path) -> int:
+    """How many int8 weight matrices an ONNX file holds (0: not quantized)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Any:
+    """ONNX Runtime's quantizer logs "Please consider to run pre-processing" on the root logger
+    for every model (advice for static quantization, which this is not), and through
+    ``logging.warning`` installs a handler on the root logger as it does. Drop that one line,
+    pass its other messages on as Python would, and leave the root logger as it was."""
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "pre-processing before quantization" not in record.getMessage()
+
+    class _LastResort(logging.Handler):  # stands in for basicConfig's handler while none is set
+        def emit(self, record: logging.LogRecord) -> None:
+            if logging.lastResort is not None and record.levelno >= logging.lastResort.level:
+                logging.lastResort.handle(record)
+
+    root, drop = logging.getLogger(), _Drop()
+    stand_in = _LastResort() if not root.handlers else None
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
 
 
 def check_export(path: Path, arrays: dict[str, Any], expected: Any, label: str, mask: Any = None, min_cosine: float | None = None) -> None:
@@ -209,7 +276,9 @@ def check_export(path: Path, arrays: dict[str, Any], expected: Any, label: str, 
         a, b = (got * weights).sum(1), (expected * weights).sum(1)
         cosine = float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
         if cosine < min_cosine:
-            msg = f"{label}: the quantized export reaches cosine {cosine:.4f} against torch (< {min_cosine}); use quantize=None for this model"
+            msg = (
+                f"{label}: the quantized export reaches cosine {cosine:.4f} against torch (< {min_cosine}); use quantize_weights=None for this model"
+            )
             raise RuntimeError(msg)
         return
     diff = np.abs(got - expected)

