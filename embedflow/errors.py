@@ -1,6 +1,6 @@
 """Exceptions raised by embedflow.
 
-Every message leads with the offending value, lists what is valid and says the fix (DESIGN.md §5).
+Every message leads with the offending value, lists what is valid and says the fix (docs/DESIGN.md §5).
 Errors about names are also ``AttributeError`` / ``TypeError`` so ``hasattr`` and ordinary
 Python handling keep working.
 
@@ -69,6 +69,10 @@ class PlanError(EmbedflowError, ValueError):
 
 class PipelineError(EmbedflowError, ValueError):
     """A mistake in a pipeline file; the message starts with ``file:line``."""
+
+
+class ModelNotFoundError(EmbedflowError, OSError):
+    """A model name that no local folder, installed model package, cache or reachable hub serves."""
 
 
 class UsageError(EmbedflowError):

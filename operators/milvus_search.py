@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from embedflow import Operator
+from embedflow.errors import EmbedflowError
 from embedflow.io.milvus import client, search
 
 
@@ -36,6 +38,18 @@ class MilvusSearch(Operator):
             raise ValueError(msg)
         self.uri, self.collection, self.limit, self.fields = str(uri), collection, limit, fields
         self._client: Any = None
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """A local database that does not exist yet is an index run that has not happened."""
+        uri = str(params.get("uri", ""))
+        if uri and "://" not in uri and not os.path.exists(uri):
+            msg = (
+                f"milvus_search: the database {uri!r} does not exist yet (searched from {os.getcwd()}). "
+                "Fix: run the pipeline that indexes into it first (`embedflow pipelines` lists the *-index ones), "
+                "or give the uri of an existing database"
+            )
+            raise EmbedflowError(msg)
 
     def setup(self, device: str) -> None:
         self._client = client(self.uri)

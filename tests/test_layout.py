@@ -49,6 +49,7 @@ LAZY_IMPORTS = {
     "onnx",
     "onnxscript",
     "fsspec",
+    "huggingface_hub",
 }
 
 

@@ -96,3 +96,26 @@ def test_the_same_in_a_pipeline_file(tmp_path, long_texts):
     (tmp_path / "bad.yaml").write_text("source: {items: [a]}\nsteps:\n  - {group: {column: vec, reduce: sum}}\n")
     with pytest.raises(ef.PipelineError, match=r"bad.yaml:3: steps\[0\] \(group\): group: reduce='sum' is not one of"):
         ef.load_pipeline(tmp_path / "bad.yaml")
+
+
+def test_a_run_prints_only_embedflow_s_own_lines(tmp_path, long_texts, capfd):
+    """No "Loading weights" bars, no "indexing errors" warning from the tokenizer chunk uses:
+    the only output of a run is embedflow's (captured at the file descriptor, where
+    transformers' own handlers write)."""
+    from embedflow.cli import main
+
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": i, "doc": t}) + "\n" for i, t in enumerate(long_texts[:2])))
+    (tmp_path / "p.yaml").write_text(
+        f"source: {{read_jsonl: {str(tmp_path / 'docs.jsonl')!r}, columns: [id, doc]}}\n"
+        "steps:\n"
+        f"  - {{chunk: {{model_name: {MINILM}}}, in: doc, out: part}}\n"
+        f"  - {{op: text_embedding.transformers, in: part, out: vec, with: {{model_name: {MINILM}, backend: torch}}}}\n"
+        "  - {group: {column: vec, by: id}}\n"
+        f"sink: {{jsonl: {str(tmp_path / 'v.jsonl')!r}}}\n"
+    )
+    capfd.readouterr()
+    assert main(["run", str(tmp_path / "p.yaml")]) == 0
+    out, err = capfd.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert lines and all(line.startswith(("embedflow: ", "read ")) for line in lines), lines
+    assert any(line.startswith("read 2 rows, wrote 2, failed 0") for line in lines), lines

@@ -115,7 +115,10 @@ def test_workers_that_cannot_start_leave_the_work_to_threads(tmp_path):
     try:
         assert pool.prepare([("a",)]) is None  # starting: not waited for
         deadline = time.monotonic() + 60
-        with pytest.warns(UserWarning, match="preprocessing worker processes cannot serve \\(they could not start: OSError: .*cannot load model"):
+        with pytest.warns(
+            UserWarning,
+            match="preprocessing worker processes cannot serve \\(they could not start: (OSError|ModelNotFoundError): .*cannot load model",
+        ):
             while pool.failed is None and time.monotonic() < deadline:
                 assert pool.prepare([("a",)]) is None
                 time.sleep(0.05)

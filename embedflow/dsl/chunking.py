@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError
-from ..models import resolve_model
+from ..models import locate_model, quiet_loading
 
 
 class TokenChunks:
@@ -50,8 +50,9 @@ class TokenChunks:
             if self._tokenizer is None:
                 from transformers import AutoTokenizer
 
-                source = resolve_model(self.model_name)
-                tokenizer = AutoTokenizer.from_pretrained(str(source))
+                source = locate_model(self.model_name, "chunk")
+                with quiet_loading():
+                    tokenizer = AutoTokenizer.from_pretrained(str(source))
                 if not tokenizer.is_fast:
                     msg = f"chunk: {self.model_name!r} has no fast tokenizer (needed for the offsets of each token)"
                     raise ParameterError(msg)
@@ -67,7 +68,8 @@ class TokenChunks:
             msg = f"chunk expects a str, got {type(text).__name__}: {text!r:.60}"
             raise TypeError(msg)
         tokenizer, limit = self._load()
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        # verbose=False: a text longer than the model's limit is what chunk is for, not a warning
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
         if not offsets:
             return [(text, 0)]
         step, parts, start = limit - self.overlap, [], 0

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
-from embedflow.models import resolve_model
+from embedflow.models import locate_model, quiet_loading
 
 from ..image_decode import decode_image
 
@@ -61,14 +61,21 @@ class ClipEmbedding(Operator):
     def setup(self, device: str) -> None:
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        source = str(resolve_model(self.model_name))
+        source = locate_model(self.model_name, "image_text_embedding.clip")
         options = {"trust_remote_code": self.trust_remote_code}
-        self.model = AutoModel.from_pretrained(source, **options).to(device).eval()
+        try:
+            with quiet_loading():
+                self.model = AutoModel.from_pretrained(source, **options).to(device).eval()
+                if self.modality == "image":
+                    self.processor = AutoImageProcessor.from_pretrained(source, **options)
+                else:
+                    self.tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        except OSError as exc:  # transformers' own message runs over several lines
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = f"image_text_embedding.clip: cannot load model {self.model_name!r} from {source!r}: {first}. Fix: give a folder with a CLIP model's files, or check the name"
+            raise OSError(msg) from exc
         self.weights_dtype: Any = None  # set by cast_weights
-        if self.modality == "image":
-            self.processor = AutoImageProcessor.from_pretrained(source, **options)
-        else:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        if self.modality == "text":
             limit = getattr(self.model.config.text_config, "max_position_embeddings", 77)
             self.limit = min(self.max_length or limit, limit)
             self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)

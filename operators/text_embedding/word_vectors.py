@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
-from embedflow.models import resolve_model
+from embedflow.models import locate_model, quiet_loading
 
 
 class WordEmbedding(Operator):
@@ -39,9 +39,10 @@ class WordEmbedding(Operator):
     def setup(self, device: str) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        source = resolve_model(self.model_name)
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source)
+        source = locate_model(self.model_name, "word_embedding.transformers")
+        with quiet_loading():
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModel.from_pretrained(source)
         self.table = model.get_input_embeddings().weight.detach().float().cpu().numpy()
 
     def preprocess(self, text: Any) -> tuple[np.ndarray, list[str]]:

