@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from embedflow.errors import EmbedflowError, ModelNotFoundError
 from embedflow.pipelines import read_pipeline, run_pipeline
 
-from .conftest import ROOT
+from .conftest import ROOT, requires
 from .helpers import embedflow, slow_pipeline, wait_for_shards
 
 
@@ -142,6 +143,39 @@ def test_exit_codes_and_a_failed_run_leaves_no_output(tmp_path, plugin):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "read 3 rows, wrote 2, failed 1" in stdout and "v.parquet.errors.jsonl" in stdout
+
+
+@pytest.mark.parametrize("sink", ["parquet", "milvus"])
+def test_a_run_whose_model_will_not_load_leaves_nothing_behind(tmp_path, sink):
+    if sink == "milvus":
+        requires("pymilvus", "milvus")
+    (tmp_path / "lines.txt").write_text("a\nb\n")
+    out = tmp_path / "new" / "out" / ("v.parquet" if sink == "parquet" else "v.db")
+    spec = f"{{parquet: {out}}}" if sink == "parquet" else f"{{milvus: {out}, collection: c, fields: [text]}}"
+    (tmp_path / "p.yaml").write_text(
+        f"source: {{read_text: {tmp_path / 'lines.txt'}, column: text}}\n"
+        "steps:\n  - {op: text_embedding.transformers, in: text, out: vec, with: {model_name: no-such/model}}\n"
+        f"sink: {spec}\n"
+    )
+    with pytest.raises(ModelNotFoundError, match="cannot load model 'no-such/model' offline"):
+        run_pipeline(read_pipeline(tmp_path / "p.yaml"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.txt", "p.yaml"]  # no folder, lock or shards
+
+
+def test_a_refused_resume_keeps_the_unfinished_run(tmp_path):
+    (tmp_path / "lines.txt").write_text("a\nb\n")
+    out = tmp_path / "out" / "v.parquet"
+    (tmp_path / "p.yaml").write_text(
+        f"source: {{read_text: {tmp_path / 'lines.txt'}, column: text}}\n"
+        "steps:\n  - {op: text_embedding.transformers, in: text, out: vec, with: {model_name: no-such/model}}\n"
+        f"sink: {{parquet: {out}}}\n"
+    )
+    parts = out.parent / ".v.parquet.parts"
+    parts.mkdir(parents=True)
+    (parts / "manifest.json").write_text('{"format": "other"}')
+    with pytest.raises(EmbedflowError, match="another version of embedflow"):
+        run_pipeline(read_pipeline(tmp_path / "p.yaml"))
+    assert (parts / "manifest.json").exists()  # not this run's leftover: kept for the user to decide
 
 
 def test_limit_and_explain_and_ops_commands(tmp_path, plugin):

@@ -252,6 +252,23 @@ def test_progress_bar_can_be_forced_or_silenced(capsys):
     bar.close()
 
 
+def test_a_text_file_bar_counts_the_rows_this_run_reads(tmp_path):
+    from embedflow.engines.progress import progress_bar
+    from embedflow.io.ranges import RowFilter, as_ranges
+
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"{i}\n" for i in range(100)))
+    source = ef.read_text(path).plan.source
+    assert source.rows_to_read() == 100
+    assert source.with_filter(RowFilter(as_ranges(set(range(30))), limit=90)).rows_to_read() == 60  # resumed at 30, --limit 90
+    bar = progress_bar(ef.read_text(path).plan, True)
+    assert bar.total == 100
+    bar.close()
+    bar = progress_bar(ef.read_text(path).filter(lambda r: True).plan, True)
+    assert bar.total is None  # a filter: how many rows come out is unknown
+    bar.close()
+
+
 def test_progress_follows_the_terminal_and_embedflow_progress(monkeypatch):
     import sys
 

@@ -26,7 +26,7 @@ def _total(plan: Plan) -> int | None:
     """The number of output rows when it is known before running."""
     if any(isinstance(s, (Filter, FlatMap, Batch, Head)) for s in plan.steps):
         return None
-    return plan.source.size_hint()
+    return plan.source.rows_to_read()
 
 
 def progress_bar(plan: Plan, show: bool | None) -> Any:

@@ -78,7 +78,9 @@ class MilvusSink(Sink):
         if not context.named:
             msg = "milvus needs named rows: name the columns, e.g. ef.dc['text'](...) ... ['text', 'vec']"
             raise EmbedflowError(msg)
-        self.client = client(self.uri)
+        # a server is asked at once (a wrong address fails before any model loads); a Milvus Lite
+        # file is made with the first rows, so a run that fails before them leaves no database
+        self.client: Any = client(self.uri) if "://" in self.uri else None
         self.pending: list[dict[str, Any]] = []
         self.seen: dict[str, int] = {}
 
@@ -126,9 +128,15 @@ class MilvusSink(Sink):
             enable_dynamic_field=True,
         )
 
+    def _connected(self) -> Any:
+        if self.client is None:
+            self.client = client(self.uri)
+        return self.client
+
     def _flush(self) -> None:
         if not self.pending:
             return
+        self._connected()
         self._ensure(len(self.pending[0]["vector"]))
         self.client.upsert(self.collection, self.pending)
         self.count += len(self.pending)
@@ -137,8 +145,10 @@ class MilvusSink(Sink):
     def close(self) -> int:
         try:
             self._flush()
+            self._connected()  # a finished run leaves its database, even an empty one
         finally:
-            self.client.close()
+            if self.client is not None:
+                self.client.close()
         return self.count
 
     def abort(self) -> None:
@@ -146,7 +156,8 @@ class MilvusSink(Sink):
         try:
             self._flush()
         finally:
-            self.client.close()
+            if self.client is not None:
+                self.client.close()
 
 
 def search(cl: Any, collection: str, vectors: list[list[float]], limit: int, fields: Sequence[str] | None) -> list[list[dict[str, Any]]]:

@@ -93,6 +93,19 @@ class RowFilter:
     done: Ranges = ()
     limit: int | None = None
 
+    def rows_left(self, total: int | None) -> int | None:
+        """How many of ``total`` source rows are still to read (at most ``limit``).
+
+        >>> RowFilter(done=((0, 9),), limit=40).rows_left(3590)
+        30
+        """
+        if self.limit is not None:
+            total = self.limit if total is None else min(total, self.limit)
+        if total is None:
+            return None
+        done = sum(min(last, total - 1) - first + 1 for first, last in self.done if first < total)
+        return max(total - done, 0)
+
     def apply(self, parts: Sequence[Part]) -> list[Part]:
         """The parts still to read; each carries only the finished ranges that touch it."""
         if not self.done and self.limit is None:

@@ -65,6 +65,8 @@ class ShardStore:
         self.errors_path = self.dir / "errors.jsonl"
         self._errors_lock = threading.Lock()
         self._lock: Any = None
+        self.created: list[Path] = []  # the output's folders that this run made
+        self.fresh = False  # whether this run started the shard folder (nothing to resume)
 
     # ---- life cycle ----------------------------------------------------------------------
     def lock(self) -> None:
@@ -72,6 +74,7 @@ class ShardStore:
         from filelock import FileLock, Timeout
 
         path = self.output.parent / f".{self.output.name}.lock"
+        self.created = [d for d in (self.output.parent, *self.output.parent.parents) if not d.exists()]
         self.output.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(path)
         try:
@@ -95,6 +98,7 @@ class ShardStore:
         if not self.dir.exists():
             self.dir.mkdir(parents=True)
             self._write_manifest()
+            self.fresh = True
             return ()
         state = self._read_manifest(manifest)
         if state.get("fingerprint") != self.fingerprint:
@@ -217,6 +221,24 @@ class ShardStore:
         """Remove the shards once the output is written."""
         if self.dir.exists():
             self._discard_dir()
+
+    def discard_if_unstarted(self) -> bool:
+        """After a run that failed before it committed a row or recorded a failure (a model
+        that would not load): remove what this run created — the shard folder, and the lock and
+        the output's folders when this run made them — so a failed run leaves no partial
+        output. Returns whether it did."""
+        if self._lock is None or not self.fresh or self.shards or self.errors_path.exists():
+            return False
+        self.remove()
+        if self.created:
+            for name in (f".{self.output.name}.lock", f".{self.output.name}.pid"):
+                self.output.parent.joinpath(name).unlink(missing_ok=True)
+            for folder in self.created:  # innermost first; only while empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        return True
 
     def close(self) -> None:
         """Release the lock."""

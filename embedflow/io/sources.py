@@ -30,6 +30,8 @@ from .remote import glob as remote_glob
 from .remote import info as remote_info
 from .remote import is_remote, local_path
 
+COUNT_LINES_UP_TO = 256 << 20  # bytes of a text file whose lines are counted for a progress total
+
 
 @dataclass(frozen=True)
 class Source:
@@ -61,8 +63,15 @@ class Source:
         return replace(self, row_filter=row_filter)
 
     def size_hint(self) -> int | None:
-        """How many rows the source holds, when known without reading it."""
+        """How many rows the source holds, when known without reading it (or from one cheap
+        pass: the lines of a local text file)."""
         return None
+
+    def rows_to_read(self) -> int | None:
+        """How many rows a run of this source reads: the size less the rows a resumed run
+        already has, at most ``--limit``; None when unknown."""
+        total = self.size_hint()
+        return self.row_filter.rows_left(total) if self.row_filter is not None else total
 
     def identity(self) -> dict[str, Any]:
         """What identifies the input's content, to tell a changed input from an unchanged one
@@ -217,6 +226,20 @@ class FileSource(Source):
                 return list(parquet_parts(path, columns))
             return [ParquetPart(path, None, 0, None, columns)]
         return [CsvPart(path, columns)]
+
+    def size_hint(self) -> int | None:
+        """The rows of a local text or JSON-lines file (one pass over its lines, about a
+        second per GB, for files up to 256 MB) or a Parquet file (its footer); None for CSV and
+        remote files."""
+        if is_remote(self.path) or not os.path.isfile(self.path):
+            return None
+        if self.format in ("text", "jsonl") and os.path.getsize(self.path) <= COUNT_LINES_UP_TO:
+            return sum(p.rows or 0 for p in line_parts(self.path, self.format, self.columns))
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(self.path).metadata.num_rows)
+        return None
 
     def identity(self) -> dict[str, Any]:
         """The file's size, modification time and a hash of its contents (a remote file: its

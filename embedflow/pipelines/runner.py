@@ -169,6 +169,9 @@ def _run_resumable(
         else:
             remove(errors)
         store.remove()
+    except BaseException:
+        store.discard_if_unstarted()  # a model that would not load leaves no partial output
+        raise
     finally:
         store.close()
     return sink.count, failures.count, count(done)
