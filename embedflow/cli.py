@@ -8,8 +8,10 @@
 * ``embedflow explain FILE`` prints its plan; ``embedflow validate FILE`` checks it (operators,
   parameters, inputs, the output folder) without loading a model;
 * ``embedflow pipelines`` lists the pipelines known by name (any FILE above may be a name);
-* ``embedflow ops [PATTERN]`` lists operators with a one-line summary and the package
-  providing each; ``embedflow ops NAME`` shows one operator's parameters and documentation.
+* ``embedflow ops [PATTERN]`` lists operators (with the package providing each) and the steps
+  of every chain (``chunk``, ``group``, ``map``, …), each with a one-line summary; PATTERN is a
+  name, part of one, a near spelling or a glob; ``embedflow ops NAME`` shows one operator's
+  parameters and documentation, or one step's.
 
 Exit codes: 0 ok, 1 the run failed, 2 bad usage or an invalid file, 130 interrupted. Errors are
 one line (what, where, the fix); ``--traceback`` or ``EMBEDFLOW_DEBUG=1`` adds the traceback.
@@ -31,12 +33,13 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, registry
+from . import __version__, catalog, registry
 from .engines import ENGINES
 from .errors import EmbedflowError, PipelineError, UsageError
 from .models import allow_import
 from .operator import is_operator_class
 from .pipelines import pipelines, preflight, read_pipeline, run_pipeline, serve_pipeline
+from .pipelines.schema import GENERIC_STEPS
 from .plan import signature_text
 from .serve import Limits
 from .views.layers import layer_table, model_and_sample
@@ -48,7 +51,7 @@ def _summary(obj: object) -> str:
 
 
 def _cmd_ops(args: argparse.Namespace) -> int:
-    pattern = args.pattern or "*"
+    pattern = args.pattern or ""
     if registry.is_operator(pattern):
         obj = registry.get_operator(pattern)
         skip = 0 if is_operator_class(obj) or inspect.isclass(obj) else 1
@@ -58,12 +61,23 @@ def _cmd_ops(args: argparse.Namespace) -> int:
         print()
         print(inspect.getdoc(obj) or "(no documentation)")
         return 0
-    names = registry.list_operators(pattern if any(c in pattern for c in "*?[") else f"{pattern}*")
+    if catalog.is_step(pattern):
+        print(f"{pattern}  (a step of every chain: dc.{pattern}(...){'; in YAML too' if pattern in GENERIC_STEPS else ''})")
+        print()
+        print(catalog.step_doc(pattern))
+        return 0
+    names = catalog.find(pattern)
     if not names:
-        print(f"no operator matches {pattern!r}; installed: {', '.join(registry.list_operators())}", file=sys.stderr)
+        everything = ", ".join(catalog.find())
+        print(
+            f"no operator or step matches {pattern!r}; there are: {everything}. Fix: try part of a name, or a glob such as 'image_*'", file=sys.stderr
+        )
         return 2
     width = max(len(n) for n in names)
     for name in names:
+        if catalog.is_step(name):
+            print(f"{name:<{width}}  {catalog.step_summary(name)}")
+            continue
         try:
             summary = _summary(registry.get_operator(name))
         except EmbedflowError as exc:
@@ -194,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedflow", description="Turn data into embedding vectors.", parents=[common])
     parser.add_argument("--version", action="version", version=f"embedflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    ops = sub.add_parser("ops", help="list operators, or show one operator's parameters", parents=[common])
-    ops.add_argument("pattern", nargs="?", help="an operator name, a prefix, or a glob such as 'image_*'")
+    ops = sub.add_parser("ops", help="list operators and steps, or show one's parameters and documentation", parents=[common])
+    ops.add_argument("pattern", nargs="?", help="a name, part of one (a near spelling does), or a glob such as 'image_*'")
     ops.set_defaults(func=_cmd_ops)
 
     named = sub.add_parser("pipelines", help="list the pipelines known by name (bundled and published by packages)", parents=[common])

@@ -94,7 +94,7 @@ def test_an_unknown_model_is_one_line_and_the_traceback_is_on_request(tmp_path, 
         f"source: {{read_text: {data}, column: text}}\nsteps: [{{op: text_embedding.transformers, in: text, out: v, with: {{model_name: no-such-org/no-model}}}}]\nsink: {{jsonl: {tmp_path}/v.jsonl}}\n"
     )
     code, _out, err = cli(capsys, "run", str(path), "--quiet")
-    assert code == 1 and "cannot load model 'no-such-org/no-model'" in err and "(--traceback for the details)" in err
+    assert code == 1 and "cannot load model 'no-such-org/no-model'" in err and "Fix:" in err  # the whole story: no traceback hint needed
     assert_one_line(err)
     code, _out, err = cli(capsys, "run", str(path), "--quiet", "--traceback")
     assert code == 1 and "Traceback (most recent call last)" in err
@@ -212,3 +212,32 @@ def test_a_closed_pipe_ends_the_command_quietly():
     proc.stdout.close()
     assert proc.wait(timeout=60) == 0
     assert b"Broken pipe" not in proc.stderr.read()
+
+
+def test_ops_finds_by_part_of_a_name_or_a_near_spelling_and_lists_the_steps(capsys):
+    def names(*args):
+        code, out, err = cli(capsys, "ops", *args)
+        return code, [line.split()[0] for line in out.splitlines() if line.strip()], err
+
+    assert names("transformers")[1] == ["text_embedding.transformers", "word_embedding.transformers"]
+    assert names("transfomers")[1] == ["text_embedding.transformers", "word_embedding.transformers"]  # a typo
+    assert {"image_embedding.timm", "text_embedding.transformers", "embedding.torch"} <= set(names("EMBED")[1])
+    assert names("image_*")[1] == ["image_decode", "image_embedding.timm", "image_text_embedding.clip"]
+    code, listed, _ = names()
+    assert code == 0 and {"chunk", "group", "map", "filter", "normalize"} <= set(listed)
+    _, out, _ = cli(capsys, "ops")
+    assert "chunk " in out and "[step of every chain: Python and YAML]" in out and "[step of every chain: Python]" in out
+    code, out, _ = cli(capsys, "ops", "group")
+    assert code == 0 and "a step of every chain" in out and "reduce" in out  # its documentation
+    code, out, err = cli(capsys, "ops", "zzzz")
+    assert code == 2 and "no operator or step matches 'zzzz'" in err and "chunk" in err and "Fix:" in err
+
+
+@pytest.mark.parametrize("name", ["image-search", "text-search"])
+def test_validate_finds_that_a_search_s_index_does_not_exist_yet(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no out/search.db here
+    for command in ("validate", "run"):
+        code, _out, err = cli(capsys, command, name, "--quiet") if command == "run" else cli(capsys, command, name)
+        assert code == 1 and "milvus_search: the database 'out/search.db' does not exist yet" in err and "*-index" in err
+        assert_one_line(err)
+    assert not (tmp_path / "out").exists()  # nothing was made on the way

@@ -16,6 +16,8 @@ from ..io.keys import row_key
 from ..io.readers import BadRow
 from ..io.remote import check_writable
 from ..io.sources import GlobSource, Source
+from ..operator import is_operator_class
+from ..plan import Apply, operator_class
 from .schema import Pipeline
 
 FILE_SINKS = ("parquet", "jsonl", "npy")
@@ -43,9 +45,16 @@ def check_output(path: str | os.PathLike[str], database: bool = False) -> None:
 
 
 def preflight(pipeline: Pipeline) -> None:
-    """Every check that needs no work: the input (exists, readable, not empty unless allowed)
-    and the output (writable)."""
-    pipeline.collection.plan.source.check()
+    """Every check that needs no work: the input (exists, readable, not empty unless allowed),
+    what each operator step needs before its first row (``Operator.check_params``: a search
+    step's database) and the output (writable)."""
+    plan = pipeline.collection.plan
+    plan.source.check()
+    for step in plan.steps:
+        if isinstance(step, Apply) and step.target is None:
+            kind = operator_class(step)
+            if is_operator_class(kind):
+                kind.check_params(step.params)
     spec = pipeline.sink
     if spec is None:
         return
