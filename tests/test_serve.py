@@ -87,6 +87,22 @@ def test_the_openai_client_gets_the_offline_vectors(text_server, offline, sample
     assert float(np.dot(vec, offline[sample_texts[1]])) > 0.9999
 
 
+def test_v1_models_lists_what_is_served_and_a_request_s_model_is_checked(text_server, sample_texts):
+    openai = requires("openai", "test")
+    client = openai.OpenAI(base_url=text_server.url + "/v1", api_key="unused")
+    ids = [m.id for m in client.models.list()]
+    assert len(ids) == 2 and ids[1] == MINILM and ids[0] in text_server.log[-1]  # the pipeline's name, then its model
+    assert client.models.retrieve(MINILM).id == MINILM
+    for name in ids:  # either name, or none, gets the vectors
+        assert len(client.embeddings.create(input=sample_texts[0], model=name).data[0].embedding) == 384
+    assert text_server.post("/v1/embeddings", json={"input": "x"}).status_code == 200
+    wrong = text_server.post("/v1/embeddings", json={"input": "x", "model": "text-embedding-ada-002"})
+    error = wrong.json()["error"]
+    assert wrong.status_code == 404 and error["code"] == "model_not_found"
+    assert error["message"].startswith("model 'text-embedding-ada-002' is not served here; this server serves: ") and MINILM in error["message"]
+    assert httpx.get(text_server.url + "/v1/models/nope", timeout=30).status_code == 404
+
+
 def test_64_concurrent_requests_each_get_their_own_rows(text_server, offline, sample_texts):
     def ask(i):
         texts = [sample_texts[(i + j) % len(sample_texts)] for j in range(1 + i % 3)]

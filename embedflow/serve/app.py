@@ -1,6 +1,9 @@
 """The HTTP API of a served pipeline (FastAPI, from the ``serve`` extra).
 
 * ``POST /v1/embeddings`` — OpenAI-compatible, for pipelines that map one text to one vector;
+  ``GET /v1/models`` lists what it serves: the pipeline's name and its steps' model names. A
+  request's ``model`` may be any of them or left out; another name is a 404 ``model_not_found``
+  (as OpenAI answers), never silently the wrong vectors;
 * ``POST /run`` — any pipeline: JSON rows in, JSON rows out (files as ``{"base64": ...}``, a
   multipart upload, or a path under ``--files-root``);
 * ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /docs`` (the API's own page), and for a
@@ -35,18 +38,21 @@ class Limits:
     timeout: float = 60.0
 
 
-def _error(message: str, status: int, index: int | None = None, headers: dict[str, str] | None = None) -> Any:
+def _error(message: str, status: int, index: int | None = None, headers: dict[str, str] | None = None, code: str | None = None) -> Any:
     from fastapi.responses import JSONResponse
 
     kind = {
         400: "invalid_request_error",
         403: "permission_error",
+        404: "invalid_request_error",
         413: "request_too_large",
         422: "invalid_item",
         503: "overloaded",
         504: "timeout",
     }.get(status, "server_error")
     body: dict[str, Any] = {"message": message, "type": kind}
+    if code is not None:
+        body["code"] = code
     if index is not None:
         body["index"] = index
     return JSONResponse({"error": body}, status_code=status, headers=headers)
@@ -66,12 +72,24 @@ async def _body(request: Any, limits: Limits) -> bytes:
     return body
 
 
+def served_models(shape: Shape, model: str | None = None) -> list[str]:
+    """The names ``/v1/models`` lists: the pipeline's name, ``model`` (the name the server was
+    told to report) and the model name of each of its steps.
+
+    >>> from embedflow.serve.protocol import Shape
+    >>> served_models(Shape("text-embedding", True, ("text",), frozenset(), None, "text", "vec", None, ("all-MiniLM-L6-v2",)))
+    ['text-embedding', 'all-MiniLM-L6-v2']
+    """
+    return list(dict.fromkeys((shape.name, *((model,) if model else ()), *shape.models)))
+
+
 def create_app(service: Service, shape: Shape, limits: Limits | None = None, files_root: Path | None = None, model: str | None = None) -> Any:
     """The ASGI application serving ``service``."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     limits = limits or Limits()
+    served = served_models(shape, model)
     app = FastAPI(title=f"embedflow: {shape.name}", summary="A pipeline served over HTTP: rows in, rows out.")
     metrics = service.metrics
 
@@ -81,7 +99,7 @@ def create_app(service: Service, shape: Shape, limits: Limits | None = None, fil
             return await work()
         except BadRequest as exc:
             code = exc.status
-            return _error(str(exc), exc.status, exc.index)
+            return _error(str(exc), exc.status, exc.index, code=exc.code)
         except QueueFull as exc:
             code = 503
             return _error(str(exc), 503, headers={"Retry-After": str(exc.retry_after)})
@@ -103,6 +121,10 @@ def create_app(service: Service, shape: Shape, limits: Limits | None = None, fil
 
         async def work() -> Any:
             payload = parse_json(await _body(request, limits))
+            asked = payload.get("model") if isinstance(payload, dict) else None
+            if asked is not None and asked not in served:
+                msg = f"model {asked!r} is not served here; this server serves: {', '.join(served)} (GET /v1/models). Fix: send one of those as model, or leave model out"
+                raise BadRequest(msg, status=404, code="model_not_found")
             result = await run(embedding_rows(payload, shape, limits.max_items))
             encoding = payload.get("encoding_format", "float")
             data = [
@@ -114,7 +136,7 @@ def create_app(service: Service, shape: Shape, limits: Limits | None = None, fil
                 {
                     "object": "list",
                     "data": data,
-                    "model": payload.get("model") or model or shape.name,
+                    "model": asked or model or shape.name,
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                 }
             )
@@ -135,8 +157,28 @@ def create_app(service: Service, shape: Shape, limits: Limits | None = None, fil
 
         return await answer("/run", work)
 
+    _add_models(app, served)
     _add_pages(app, service, shape, files_root)
     return app
+
+
+def _add_models(app: Any, served: list[str]) -> None:
+    """``GET /v1/models`` and ``GET /v1/models/{name}``, as OpenAI answers them."""
+    created = int(time.time())
+
+    def card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "embedflow"}
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        """The OpenAI-style list of the names a request's ``model`` may give."""
+        return {"object": "list", "data": [card(name) for name in served]}
+
+    @app.get("/v1/models/{name:path}")
+    async def one_model(name: str) -> Any:
+        if name not in served:
+            return _error(f"model {name!r} is not served here; this server serves: {', '.join(served)}", 404, code="model_not_found")
+        return card(name)
 
 
 def _add_pages(app: Any, service: Service, shape: Shape, files_root: Path | None) -> None:

@@ -23,11 +23,12 @@ from ..plan import Apply, operator_class
 
 
 class BadRequest(EmbedflowError):
-    """A request the server refuses: ``status`` (4xx) and, for one item, its ``index``."""
+    """A request the server refuses: ``status`` (4xx), for one item its ``index``, and an
+    OpenAI-style ``code`` where one applies (``model_not_found``)."""
 
-    def __init__(self, message: str, status: int = 400, index: int | None = None):
+    def __init__(self, message: str, status: int = 400, index: int | None = None, code: str | None = None):
         super().__init__(message)
-        self.status, self.index = status, index
+        self.status, self.index, self.code = status, index, code
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Shape:
     text_input: str | None  # /v1/embeddings: the text column ...
     vector_output: str | None  # ... and the vector column
     search: str | None  # "text" or "image" when the last step searches (the page)
+    models: tuple[str, ...] = ()  # the model_name of each operator step (GET /v1/models)
 
     @classmethod
     def of(cls, dc: Any, name: str, outputs: tuple[str, ...] | None = None) -> Shape:
@@ -71,6 +73,7 @@ class Shape:
             inputs[0] if one_text and not searches else None,
             vector if one_text and not searches else None,
             search,
+            tuple(dict.fromkeys(str(s.params["model_name"]) for s in applies if isinstance(s.params.get("model_name"), (str, Path)))),
         )
 
 
