@@ -281,8 +281,10 @@ def test_a_killed_model_actor_loses_and_duplicates_no_row(tmp_path, registered):
     data.write_text("".join(f"{line}\n" for line in lines))
     out = tmp_path / "v.parquet"
     path = tmp_path / "p.yaml"
-    path.write_text(f"source: {{read_text: {data}, column: text}}\nsteps: [{{op: raytest.slow_len, in: text, out: vec}}]\nsink: {{parquet: {out}}}\n")
-    result = {}
+    path.write_text(
+        f"source: {{read_text: {data}, column: text}}\nsteps: [{{op: raytest.slow_len, in: text, out: vec, with: {{delay: 0.05}}}}]\nsink: {{parquet: {out}}}\n"
+    )
+    result = {}  # 300 rows x 50 ms: a run of 15 s, still going when the actor is killed even on a loaded machine
 
     def go():
         try:
@@ -297,7 +299,7 @@ def test_a_killed_model_actor_loses_and_duplicates_no_row(tmp_path, registered):
         time.sleep(0.1)
     time.sleep(1.5)  # let it finish a few blocks
     pids = model_actor_pids()
-    assert pids, "no model actor was found to kill"
+    assert pids, f"no model actor was found to kill (the run {'ended' if not thread.is_alive() else 'is still going'}: {result})"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     thread.join(300)
