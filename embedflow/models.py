@@ -80,7 +80,7 @@ _reachable: dict[tuple[str, int], str | None] = {}
 
 def hub_unreachable() -> str | None:
     """Why the Hugging Face hub cannot be asked now, or None when a TCP connection to it (or
-    to the HTTPS proxy) opens within 3 s. ``HF_HUB_OFFLINE=1`` means offline without trying.
+    to the HTTPS proxy) opens within 2 s. ``HF_HUB_OFFLINE=1`` means offline without trying.
     The answer is kept for the life of the process."""
     for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
@@ -91,7 +91,7 @@ def hub_unreachable() -> str | None:
     address = (url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80))
     if address not in _reachable:
         try:
-            socket.create_connection(address, timeout=3).close()
+            socket.create_connection(address, timeout=2).close()
             _reachable[address] = None
         except OSError as exc:
             via = f" through the proxy {proxy}" if proxy else ""

@@ -59,9 +59,9 @@ class ClipEmbedding(Operator):
         self.trust_remote_code = bool(trust_remote_code)
 
     def setup(self, device: str) -> None:
+        source = locate_model(self.model_name, "image_text_embedding.clip")  # first: offline, fail before the slow import
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        source = locate_model(self.model_name, "image_text_embedding.clip")
         options = {"trust_remote_code": self.trust_remote_code}
         try:
             with quiet_loading():

@@ -166,9 +166,9 @@ class TransformersTextEmbedding(Operator):
 
     # ---- loading ---------------------------------------------------------------------------
     def setup(self, device: str) -> None:
+        source = locate_model(self.model_name, "text_embedding.transformers")  # first: offline, fail before the slow import
         from transformers import AutoModel, AutoTokenizer
 
-        source = locate_model(self.model_name, "text_embedding.transformers")
         tokenizer, model = self._load(
             lambda: (
                 AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code),

@@ -37,9 +37,9 @@ class WordEmbedding(Operator):
         self.special_tokens = bool(special_tokens)
 
     def setup(self, device: str) -> None:
+        source = locate_model(self.model_name, "word_embedding.transformers")  # first: offline, fail before the slow import
         from transformers import AutoModel, AutoTokenizer
 
-        source = locate_model(self.model_name, "word_embedding.transformers")
         with quiet_loading():
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModel.from_pretrained(source)
