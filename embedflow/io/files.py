@@ -28,6 +28,7 @@ from typing import IO, Any
 from ..errors import EmbedflowError
 from .arrow import as_numpy, rows_to_table
 from .keys import row_key
+from .overwrite import check_replaceable
 from .remote import check_writable, is_remote, local_path, upload
 from .sinks import Sink, SinkContext, select_columns
 
@@ -122,6 +123,8 @@ class FileSink(Sink):
         elif self.path.is_dir():
             msg = f"output {str(self.path)!r} is a folder; name a file, e.g. {self.path / ('vectors' + self.suffix)}"
             raise EmbedflowError(msg)
+        else:
+            check_replaceable(self.path, context.source)
         self.file = AtomicFile(self.path)
         self.count = 0
 

