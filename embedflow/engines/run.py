@@ -67,7 +67,7 @@ def execute(
     run fails or is interrupted, the sink is aborted (a file sink leaves nothing behind, a
     resumable one keeps what is finished) and the error propagates.
     """
-    sink.open(SinkContext(named=named, key_column=plan.key_column, source=plan.source))
+    sink.open(SinkContext(named=named, key_column=plan.key_column, source=plan.source, expands=plan.expands))
     try:
         for numbers, rows in stream(plan, ordered=sink.ordered, stats=stats, progress=progress, failures=failures):
             sink.write(numbers, rows)

@@ -16,6 +16,27 @@ from typing import Any
 from ..errors import ColumnError
 
 
+class PartKeys:
+    """Keys for the rows one source row became (``chunk``, ``flat_map``), handed over in input
+    order: the parent's key, ``#`` and the part's index.
+
+    >>> parts = PartKeys()
+    >>> [parts.key(n, str(n)) for n in (0, 0, 0, 1, 2, 2)]
+    ['0#0', '0#1', '0#2', '1#0', '2#0', '2#1']
+    """
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.index = 0
+
+    def key(self, number: int, parent: str) -> str:
+        if number == self.last:
+            self.index += 1
+        else:
+            self.last, self.index = number, 0
+        return f"{parent}#{self.index}"
+
+
 def row_key(number: int | None, row: Any, column: str | None) -> str | None:
     """The key of the row ``number`` (None when there is neither a column nor a number)."""
     if column is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import EmbedflowError, PlanError
 from .files import plain_value
-from .keys import row_key
+from .keys import PartKeys, row_key
 from .sinks import Sink, SinkContext
 from .vector_index import check_metric as check_index_metric
 
@@ -83,11 +83,18 @@ class MilvusSink(Sink):
         self.client: Any = client(self.uri) if "://" in self.uri else None
         self.pending: list[dict[str, Any]] = []
         self.seen: dict[str, int] = {}
+        self.parts = PartKeys()
+
+    def source_rows(self) -> set[int]:
+        """The source row numbers written (several rows may come of one)."""
+        return set(self.seen.values())
 
     def write(self, numbers: Sequence[int], rows: list[Any]) -> None:
         key_column = self.key or self.context.key_column
         for number, row in zip(numbers, rows):
             key = row_key(number, row, key_column) or ""
+            if self.context.expands:  # the parts of one row: each its own entity
+                key = self.parts.key(number, key)
             first = self.seen.setdefault(key, number)
             if first != number:  # an upsert would silently replace the earlier row
                 msg = f"milvus: rows {first} and {number} have the same key {key_column}={key!r}; a key must identify one row (make it unique, or pass another key column)"

@@ -36,7 +36,7 @@ from ..errors import EmbedflowError, UsageError
 from .arrow import batch_to_rows, rows_to_table
 from .faults import fault
 from .files import AtomicFile, FileSink, write_lines
-from .keys import row_key
+from .keys import PartKeys, row_key
 from .ranges import Ranges, as_ranges
 from .sinks import Sink, SinkContext, select_columns
 
@@ -198,11 +198,13 @@ class ShardStore:
                 for row in batch_to_rows(batch):
                     yield int(row.pop("__row")), str(row.pop("__key")), row
 
-        last = None
+        last, keys = None, set()
         for record in heapq.merge(*(rows_of(s) for s in self.shards), key=lambda r: r[0]):
-            if record[0] != last:  # a row committed twice is written once
+            if record[0] != last:
+                last, keys = record[0], set()
+            if record[1] not in keys:  # a row committed twice is written once (each part of it)
+                keys.add(record[1])
                 yield record
-                last = record[0]
 
     # ---- cleaning up ---------------------------------------------------------------------
     def _discard_dir(self) -> None:
@@ -254,7 +256,7 @@ class ResumableSink(Sink):
     row in input order into the wrapped sink. Commits are idempotent: a row handed over is
     committed once, whatever interrupts the run."""
 
-    ordered = False
+    ordered = False  # set in open: True when a row may come as several (each keyed by its index)
 
     def __init__(self, inner: FileSink, store: ShardStore, every_rows: int = 256, every_seconds: float = 2.0, allow_empty: bool = True):
         self.inner, self.store = inner, store
@@ -263,24 +265,41 @@ class ResumableSink(Sink):
         self.buffer: list[Record] = []
         self.last_commit = time.monotonic()
 
+    def open(self, context: SinkContext) -> None:
+        super().open(context)
+        # the parts of one row (chunk, flat_map) come together and in order: each is keyed by its
+        # index, and a row is committed with all of its parts or not at all
+        self.ordered = context.expands
+        self.parts = PartKeys()
+
     def write(self, numbers: Sequence[int], rows: list[Any]) -> None:
-        key_column = self.context.key_column
+        key_column, expands = self.context.key_column, self.context.expands
         kept = select_columns(rows, self.inner.columns) if self.context.named else rows
-        self.buffer.extend((int(n), row_key(n, row, key_column) or "", out) for n, row, out in zip(numbers, rows, kept))
+        for n, row, out in zip(numbers, rows, kept):
+            key = row_key(n, row, key_column) or ""
+            self.buffer.append((int(n), self.parts.key(int(n), key) if expands else key, out))
         if len(self.buffer) >= self.every_rows or time.monotonic() - self.last_commit >= self.every_seconds:
             self.commit()
 
-    def commit(self) -> None:
+    def commit(self, final: bool = False) -> None:
+        """Commit the buffered rows; unless ``final``, the parts of the last source row stay
+        buffered (more of them may come), so a resumed run never finds a row half done."""
         records, self.buffer = self.buffer, []  # taken first: an interrupt cannot commit them twice
+        if self.context.expands and not final and records:
+            cut = len(records)
+            while cut and records[cut - 1][0] == records[-1][0]:
+                cut -= 1
+            records, self.buffer = records[:cut], records[cut:]
         self.store.commit(records)
         self.last_commit = time.monotonic()
 
     def abort(self) -> None:
-        """Keep what is finished, so that the next run resumes after it."""
+        """Keep what is finished, so that the next run resumes after it (a row whose parts
+        may not all have come is done again)."""
         self.commit()
 
     def close(self) -> Path:
-        self.commit()
+        self.commit(final=True)
         if not self.allow_empty and self.store.rows() == 0 and not self.store.failures():
             msg = f"{self.store.output}: the input has no rows, so nothing was written; add allow_empty: true to the source if an empty input is fine"
             raise EmbedflowError(msg)

@@ -27,6 +27,7 @@ class SinkContext:
     named: bool = False  # rows are dicts of named columns
     key_column: str | None = None  # the column that identifies a row (None: the row number)
     source: Any = None  # the run's source (a file sink refuses to replace one of its inputs)
+    expands: bool = False  # a source row may come as several rows, in order (Plan.expands)
 
 
 class Sink:

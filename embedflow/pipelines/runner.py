@@ -25,7 +25,7 @@ from ..engines import FailureLog, execute
 from ..errors import PipelineError
 from ..io.files import FileSink, JsonlSink, NpySink, ParquetSink, write_lines
 from ..io.milvus import MilvusSink
-from ..io.ranges import RowFilter, count
+from ..io.ranges import RowFilter, as_ranges, count
 from ..io.remote import remove
 from ..io.shards import ResumableSink, ShardStore
 from ..io.sinks import Sink
@@ -119,7 +119,7 @@ def run_pipeline(
     target = errors_path(spec)
     if isinstance(sink, FileSink):
         fingerprint = pipeline.fingerprint() + (f"-limit{limit}" if limit is not None else "")
-        written, failed, resumed = _run_resumable(
+        written, failed, resumed, read = _run_resumable(
             plan, sink, spec.path, fingerprint, target, named=dc.named, limit=limit, resume=resume, progress=progress
         )
     else:
@@ -131,8 +131,11 @@ def run_pipeline(
         if records:
             write_lines(target, iter(records_as_lines(records)))
         failed, resumed = failures.count, 0
+        read = written + failed
+        if plan.expands and isinstance(sink, MilvusSink):  # rows came of rows: count the source's
+            read = len(sink.source_rows() | failures.rows)
     return RunSummary(
-        read=written + failed,
+        read=read,
         written=written,
         failed=failed,
         resumed=resumed,
@@ -153,9 +156,9 @@ def _run_resumable(
     limit: int | None,
     resume: bool,
     progress: bool | None,
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, int]:
     """A file sink's run with shards kept beside ``staging`` (the output, or for a URL a local
-    place for it): (rows written, failed, already done by an earlier run)."""
+    place for it): (rows written, failed, already done by an earlier run, source rows read)."""
     store = ShardStore(staging, fingerprint, plan.source.identity())
     try:
         done = store.open(resume)
@@ -163,6 +166,9 @@ def _run_resumable(
         plan = replace(plan, source=plan.source.with_filter(RowFilter(done, limit)))
         resumable = ResumableSink(sink, store, SHARD_ROWS, SHARD_SECONDS, allow_empty=plan.source.allow_empty or bool(done))
         execute(plan, resumable, named=named, progress=progress, failures=failures)
+        read = sink.count + failures.count
+        if plan.expands:  # several rows may come of one: count the source rows
+            read = count(as_ranges({n for first, last in store.done() for n in range(first, last + 1)} | failures.rows))
         lines = store.failures()
         if lines:  # before the shards go: a kill here leaves what a rerun needs
             write_lines(errors, iter(lines))
@@ -174,7 +180,7 @@ def _run_resumable(
         raise
     finally:
         store.close()
-    return sink.count, failures.count, count(done)
+    return sink.count, failures.count, count(done), read
 
 
 def records_as_lines(records: list[dict[str, Any]]) -> list[str]:

@@ -286,6 +286,19 @@ class Plan:
         """The column that identifies a row, or None for the row number."""
         return self.key or self.source.key_column
 
+    @property
+    def expands(self) -> bool:
+        """Whether one source row may reach the sink as several rows (``chunk`` or
+        ``flat_map`` with no ``group`` or ``batch`` after it); a sink then keys each by its
+        parent's key and its index (``3#0``, ``3#1``)."""
+        made = gathered = -1
+        for i, step in enumerate(self.steps):
+            if isinstance(step, FlatMap):
+                made = i
+            elif isinstance(step, (Group, Batch)):
+                gathered = i
+        return made > gathered
+
     def explain(self) -> str:
         lines = [f"DataCollection plan (nothing has run; device={self.device}, engine={self.engine})"]
         lines.append(f"  source  {self.source.describe()}")
