@@ -177,6 +177,26 @@ def test_images_by_upload_base64_or_path_under_the_root_and_a_corrupt_one_is_a_4
     assert outside.status_code == 403 and "outside the server's files root" in outside.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("endpoint", ["/run", "/v1/embeddings"])
+def test_a_chunked_body_past_max_bytes_is_a_413_not_read_whole(image_server, endpoint):
+    """No Content-Length (Transfer-Encoding: chunked): the bytes are counted as they come."""
+    boundary = "xyz"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="path"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+    sent = []
+
+    def body():
+        yield head
+        for _ in range(40):  # 40 MB, past the default 32 MB
+            sent.append(1)
+            yield b"\0" * (1 << 20)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    content_type = f"multipart/form-data; boundary={boundary}" if endpoint == "/run" else "application/json"
+    reply = image_server.post(endpoint, content=body(), headers={"Content-Type": content_type})
+    assert reply.status_code == 413 and "larger than 33554432 bytes (the server's --max-bytes)" in reply.json()["error"]["message"]
+    assert httpx.get(image_server.url + "/health", timeout=30).json()["status"] == "ok"
+
+
 def test_a_full_queue_answers_503_with_retry_after_and_a_slow_request_504():
     server = Server("pipelines/text_embedding.yaml", "--max-queue", "8", "--max-batch-size", "4", "--timeout", "60")
     try:

@@ -59,17 +59,20 @@ def _error(message: str, status: int, index: int | None = None, headers: dict[st
 
 
 async def _body(request: Any, limits: Limits) -> bytes:
+    """The request's body, counted as it arrives whatever its encoding (a declared length, or
+    ``Transfer-Encoding: chunked``): past ``--max-bytes`` it is a 413 without reading on."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
         msg = f"the request has {declared} bytes; at most {limits.max_bytes} (the server's --max-bytes)"
         raise BadRequest(msg, status=413)
-    body = b""
+    parts, size = [], 0
     async for part in request.stream():
-        body += part
-        if len(body) > limits.max_bytes:
+        size += len(part)
+        if size > limits.max_bytes:
             msg = f"the request is larger than {limits.max_bytes} bytes (the server's --max-bytes)"
             raise BadRequest(msg, status=413)
-    return body
+        parts.append(part)
+    return b"".join(parts)
 
 
 def served_models(shape: Shape, model: str | None = None) -> list[str]:
@@ -209,11 +212,9 @@ def _add_pages(app: Any, service: Service, shape: Shape, files_root: Path | None
 
 
 async def _form_rows(request: Any, limits: Limits) -> dict[str, Any]:
-    """One row from a multipart form: uploaded files become bytes, other fields strings."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
-        msg = f"the request has {declared} bytes; at most {limits.max_bytes} (the server's --max-bytes)"
-        raise BadRequest(msg, status=413)
+    """One row from a multipart form: uploaded files become bytes, other fields strings. The
+    body is read (and counted, chunked or not) first; the form is parsed from it."""
+    request._body = await _body(request, limits)  # Starlette's cache: form() parses these bytes
     form = await request.form()
     row: dict[str, Any] = {}
     for key, value in form.multi_items():
