@@ -121,30 +121,75 @@ def export_declined(backend: str, key: str, label: str) -> bool:
     return True
 
 
-def exported(key: str, label: str, export: Callable[[Path], None], verify: Callable[[Path], None]) -> Path:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _intact(target: Path) -> bool:
+    """Whether the cached file is the one that was exported and checked: its SHA-256 equals the
+    one stored beside it when it was made (a file replaced or truncated since does not)."""
+    stored = target.with_name(target.name + ".sha256")
+    try:
+        return stored.read_text().strip() == _sha256(target)
+    except OSError:
+        return False
+
+
+def exported(key: str, label: str, export: Callable[[Path], None], verify: Callable[[Path], None], fallback: bool = False) -> Path | None:
     """The cached ONNX file for ``key``: made by ``export(path)`` and checked by
-    ``verify(path)`` the first time, then renamed into the cache."""
+    ``verify(path)`` the first time, then renamed into the cache with its SHA-256 beside it.
+    A cached file that no longer matches its checksum (replaced, truncated, or made before
+    checksums) is exported again, with one notice. A cache that cannot be written fails the
+    run, or with ``fallback`` (``backend='auto'``) answers None, with one notice: run torch."""
     from filelock import FileLock
 
     folder = cache_dir() / "onnx" / key
     target = folder / "model.onnx"
-    if target.exists():
+    if _intact(target):
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / ".lock")):
-        if target.exists():  # another process exported it while this one waited
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder / ".lock"))
+        lock.acquire()
+    except OSError as exc:
+        why = f"the ONNX cache {folder} cannot be written ({exc.strerror or exc})"
+        if fallback:
+            notice(f"{label}: torch, since {why}; EMBEDFLOW_CACHE=<a writable folder> lets the export be cached there")
+            return None
+        msg = f"{label}: {why}. Fix: set EMBEDFLOW_CACHE to a writable folder, or use backend='torch'"
+        raise OSError(msg) from exc
+    try:
+        if _intact(target):  # another process exported it while this one waited
             return target
-        notice(f"exporting {label} to ONNX, once (cached in {folder})")
-        start = time.perf_counter()
-        tmp = folder / f"model.{os.getpid()}.tmp.onnx"
-        try:
-            export(tmp)
-            verify(tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        notice(f"exported {label} in {time.perf_counter() - start:.1f}s")
+        if target.exists():
+            notice(
+                f"{label}: the cached ONNX file {target} does not match its checksum (changed, truncated or made by an older embedflow); exporting it again"
+            )
+        _export_into(folder, target, label, export, verify)
+    finally:
+        lock.release()
     return target
+
+
+def _export_into(folder: Path, target: Path, label: str, export: Callable[[Path], None], verify: Callable[[Path], None]) -> None:
+    notice(f"exporting {label} to ONNX, once (cached in {folder})")
+    start = time.perf_counter()
+    tmp = folder / f"model.{os.getpid()}.tmp.onnx"
+    stored = folder / f"model.onnx.sha256.{os.getpid()}.tmp"
+    try:
+        export(tmp)
+        verify(tmp)
+        stored.write_text(_sha256(tmp) + "\n")
+        os.replace(tmp, target)
+        os.replace(stored, target.with_name(target.name + ".sha256"))
+    finally:
+        tmp.unlink(missing_ok=True)
+        stored.unlink(missing_ok=True)
+    notice(f"exported {label} in {time.perf_counter() - start:.1f}s")
 
 
 def export_module(module: Any, example: tuple[Any, ...], path: Path, names: list[str], dynamic: dict[str, dict[int, str]]) -> None:

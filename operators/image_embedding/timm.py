@@ -157,7 +157,7 @@ class TimmImageEmbedding(Operator):
         self.backend_used = "torch" if self.layer is not None else choose_backend(self.backend, device, measured)
         if self.backend_used == "onnx":
             self.session = self._onnx_session(self.config["input_size"], checkpoint)
-            if self.session is None:  # a short run: the export would not pay off
+            if self.session is None:  # a short run (the export would not pay off), or no writable cache
                 self.backend_used = "torch"
         # pixels in, vectors out, nothing read back to the CPU: the engine may replay the model from
         # CUDA graphs (a batch still to be decoded on the device is not a graph's input: run as usual)
@@ -226,7 +226,9 @@ class TimmImageEmbedding(Operator):
             key = cache_key(
                 kind="timm-random", model=self.model_name, seed=torch.initial_seed(), tensor=float(next(self.model.parameters()).detach().sum())
             )
-        path = exported(key, self.model_name, export, verify)
+        path = exported(key, self.model_name, export, verify, fallback=self.backend == "auto")
+        if path is None:  # auto, and the cache cannot be written: torch
+            return None
         self.model = None  # ONNX Runtime holds the weights now
         self.channels_last = False
         return Session(path, torch.get_num_threads())

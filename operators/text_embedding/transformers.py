@@ -182,7 +182,7 @@ class TransformersTextEmbedding(Operator):
         self.backend_used = choose_backend(backend, device, measured=model.config.model_type in ONNX_MEASURED)
         if self.backend_used == "onnx":
             self.session = self._onnx_session(source, backend)
-            if self.session is None:  # a short run: the export would not pay off
+            if self.session is None:  # a short run (the export would not pay off), or no writable cache
                 self.backend_used = "torch"
         # no value read back to the CPU in forward (transformers skips its mask check while a
         # CUDA graph is recorded), so the engine may replay it from graphs
@@ -261,7 +261,9 @@ class TransformersTextEmbedding(Operator):
             mask = arrays["attention_mask"].numpy()[..., None]
             check_export(path, {k: v.numpy() for k, v in arrays.items()}, expected, self.model_name, mask, 0.99 if self.quantize_weights else None)
 
-        path = exported(key, self.model_name, export, verify)
+        path = exported(key, self.model_name, export, verify, fallback=backend == "auto")
+        if path is None:  # auto, and the cache cannot be written: torch
+            return None
         self.model = self.encoder = None  # ONNX Runtime holds the weights now
         return Session(path, torch.get_num_threads())
 

@@ -202,3 +202,42 @@ def test_a_model_with_nothing_to_quantize_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="quantized no weight of m.onnx .*use quantize_weights=None"):
         quantize_int8(path)
     assert path.exists() and not (tmp_path / "m.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("damage", ["swapped", "truncated"])
+def test_a_cached_file_that_changed_is_exported_again_with_one_notice(tiny_bert, tmp_path, monkeypatch, capfd, damage):
+    """Issue 21: another export put in the cache's place (a layer=-2 one) or a truncated file
+    was served as is; the checksum stored with the file catches both."""
+    monkeypatch.setenv("EMBEDFLOW_CACHE", str(tmp_path / "cache"))
+    want = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="torch").to_numpy()
+    ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx").to_list()
+    other = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx", layer=-2)
+    other.to_list()
+    files = sorted((tmp_path / "cache" / "onnx").glob("*/model.onnx"), key=lambda p: p.stat().st_mtime)
+    assert len(files) == 2 and all(p.with_name("model.onnx.sha256").exists() for p in files)
+    mine, theirs = files
+    if damage == "swapped":
+        mine.write_bytes(theirs.read_bytes())
+    else:
+        mine.write_bytes(mine.read_bytes()[:1000])
+    capfd.readouterr()
+    got = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx").to_numpy()
+    err = capfd.readouterr().err
+    assert err.count("does not match its checksum") == 1 and "exporting" in err
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_a_read_only_empty_cache_under_auto_runs_torch_with_one_line(tiny_bert, tmp_path, monkeypatch, capfd):
+    if os.geteuid() == 0:  # root writes through permissions: a file where the folder should be does it
+        (tmp_path / "cache").write_text("not a folder")
+    else:
+        (tmp_path / "cache").mkdir(mode=0o500)
+    monkeypatch.setenv("EMBEDFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("EMBEDFLOW_BACKEND", raising=False)
+    rows = (t for t in TEXTS * 500)  # a long run of unknown length: auto would export
+    chain = ef.dc(rows).text_embedding.transformers(model_name=tiny_bert)
+    assert len(chain.to_list()) == len(TEXTS) * 500
+    err = capfd.readouterr().err
+    assert cached(chain.plan.steps[0])["cpu"].backend_used == "torch" and err.count("cannot be written") == 1 and "EMBEDFLOW_CACHE" in err
+    with pytest.raises(OSError, match="cannot be written.*Fix: set EMBEDFLOW_CACHE"):
+        ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx").to_list()
