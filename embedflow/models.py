@@ -31,11 +31,6 @@ from .errors import ModelNotFoundError
 MODEL_ENTRY_POINT_GROUP = "embedflow.models"
 
 
-def model_packages() -> dict[str, str]:
-    """Model names served by installed packages -> the entry point that resolves each."""
-    return {ep.name: ep.value for ep in metadata.entry_points(group=MODEL_ENTRY_POINT_GROUP)}
-
-
 def resolve_model(name: str) -> str:
     """A local path for ``name`` when one is available offline, else ``name`` itself."""
     expanded = os.path.expanduser(name)
@@ -50,29 +45,30 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def _installed(ep: metadata.EntryPoint) -> bool | None:
+    """Whether the model package behind a registered model name is installed: the module its
+    resolver names (``module_name``) can be found, without resolving the model; None when the
+    entry point itself cannot be loaded (a broken plugin is not this error's subject)."""
+    try:
+        resolver = ep.load()
+    except Exception:  # noqa: BLE001 - any plugin's import error
+        return None
+    module = getattr(resolver, "module_name", None)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
 def missing_model_package(name: str) -> str | None:
     """The pip package that would serve ``name`` offline when a model package for it is
     registered but not installed (its resolver's ``pip_package``), else None."""
     for ep in metadata.entry_points(group=MODEL_ENTRY_POINT_GROUP):
-        if ep.name != name:
-            continue
-        try:
-            resolver = ep.load()
-            resolver()
-        except ModuleNotFoundError:
-            return str(getattr(resolver, "pip_package", None) or ep.value)
-        return None
+        if ep.name == name and _installed(ep) is False:
+            return str(getattr(ep.load(), "pip_package", None) or ep.value)
     return None
 
 
 def served_models() -> list[str]:
     """Model names whose model package is installed (what serves offline, beside folders)."""
-    served = []
-    for ep in metadata.entry_points(group=MODEL_ENTRY_POINT_GROUP):
-        module = getattr(ep.load(), "module_name", None)
-        if module is None or importlib.util.find_spec(module) is not None:
-            served.append(ep.name)
-    return sorted(served)
+    return sorted(ep.name for ep in metadata.entry_points(group=MODEL_ENTRY_POINT_GROUP) if _installed(ep))
 
 
 _reachable: dict[tuple[str, int], str | None] = {}
@@ -118,12 +114,13 @@ def locate_model(name: str, op: str, hub_id: str | None = None, other_fix: str =
     (timm's ``timm/resnet50.a1_in1k``). Offline and found nowhere: :class:`ModelNotFoundError`
     at once, one line; ``other_fix`` is the operator's own way out, appended to the fix.
 
-    >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
-    >>> locate_model("no-such/model", "my_op")  # doctest: +ELLIPSIS
+    >>> import os
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):  # as if offline; restored after
+    ...     locate_model("no-such/model", "my_op")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     embedflow.errors.ModelNotFoundError: my_op: cannot load model 'no-such/model' offline: ... HF_HUB_OFFLINE=1. Fix: ...
-    >>> del os.environ["HF_HUB_OFFLINE"]
     """
     local = resolve_model(name)
     if local != name or os.path.exists(local):

@@ -15,6 +15,7 @@ the batch's output back into one result per item.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import sys
 from collections.abc import Callable, Iterator
@@ -179,7 +180,7 @@ def is_operator_class(obj: Any) -> bool:
     return inspect.isclass(obj) and issubclass(obj, Operator)
 
 
-_expected: ContextVar[int | None] = ContextVar("embedflow_expected_items", default=None)
+_expected: ContextVar[Callable[[], int | None] | None] = ContextVar("embedflow_expected_items", default=None)
 
 
 def expected_items() -> int | None:
@@ -187,19 +188,22 @@ def expected_items() -> int | None:
     (None: unknown, or a function called item by item): lets ``setup`` skip work a short run
     cannot win back, such as an ONNX export.
 
-    >>> with expecting(40):
+    >>> with expecting(lambda: 40):
     ...     expected_items()
     40
     >>> expected_items() is None
     True
     """
-    return _expected.get()
+    count = _expected.get()
+    return count() if count is not None else None
 
 
 @contextlib.contextmanager
-def expecting(rows: int | None) -> Iterator[None]:
-    """What :func:`expected_items` answers inside the block (an engine sets it around ``setup``)."""
-    token = _expected.set(rows)
+def expecting(count: Callable[[], int | None]) -> Iterator[None]:
+    """What :func:`expected_items` answers inside the block: ``count()``, asked only by an
+    operator that wants it (counting a file's lines costs a pass over it). An engine sets it
+    around ``setup``."""
+    token = _expected.set(functools.cache(count))  # asked by each replica, counted once
     try:
         yield
     finally:

@@ -79,15 +79,21 @@ def test_group_by_a_column_keeps_the_list_or_the_first():
         ef.dc["doc", "page"]([]).group(column="page", reduce="sum")
 
 
-def test_the_same_in_a_pipeline_file(tmp_path, long_texts):
+def chunk_pipeline(tmp_path, long_texts, chunk="", embed="", sink=""):
+    """docs.jsonl of two long texts and p.yaml: chunk, embed with MiniLM, group by id."""
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": i, "doc": t}) + "\n" for i, t in enumerate(long_texts[:2])))
     (tmp_path / "p.yaml").write_text(
         f"source: {{read_jsonl: {str(tmp_path / 'docs.jsonl')!r}, columns: [id, doc]}}\n"
         "steps:\n"
-        f"  - {{chunk: {{model_name: {MINILM}, max_tokens: 100, overlap: 10}}, in: doc, out: part}}\n"
-        f"  - {{op: text_embedding.transformers, in: part, out: vec, with: {{model_name: {MINILM}}}}}\n"
-        "  - {group: {column: vec, by: id}}\n"
+        f"  - {{chunk: {{model_name: {MINILM}{chunk}}}, in: doc, out: part}}\n"
+        f"  - {{op: text_embedding.transformers, in: part, out: vec, with: {{model_name: {MINILM}{embed}}}}}\n"
+        "  - {group: {column: vec, by: id}}\n" + sink
     )
+    return tmp_path / "p.yaml"
+
+
+def test_the_same_in_a_pipeline_file(tmp_path, long_texts):
+    chunk_pipeline(tmp_path, long_texts, chunk=", max_tokens: 100, overlap: 10")
     from_file = ef.load_pipeline(tmp_path / "p.yaml").to_list()
     chain = ef.dc["id", "doc"](list(enumerate(long_texts[:2]))).chunk["doc", "part"](MINILM, max_tokens=100, overlap=10)
     by_hand = chain.text_embedding.transformers["part", "vec"](model_name=MINILM).group(column="vec", by="id").to_list()
@@ -104,15 +110,7 @@ def test_a_run_prints_only_embedflow_s_own_lines(tmp_path, long_texts, capfd):
     transformers' own handlers write)."""
     from embedflow.cli import main
 
-    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": i, "doc": t}) + "\n" for i, t in enumerate(long_texts[:2])))
-    (tmp_path / "p.yaml").write_text(
-        f"source: {{read_jsonl: {str(tmp_path / 'docs.jsonl')!r}, columns: [id, doc]}}\n"
-        "steps:\n"
-        f"  - {{chunk: {{model_name: {MINILM}}}, in: doc, out: part}}\n"
-        f"  - {{op: text_embedding.transformers, in: part, out: vec, with: {{model_name: {MINILM}, backend: torch}}}}\n"
-        "  - {group: {column: vec, by: id}}\n"
-        f"sink: {{jsonl: {str(tmp_path / 'v.jsonl')!r}}}\n"
-    )
+    chunk_pipeline(tmp_path, long_texts, embed=", backend: torch", sink=f"sink: {{jsonl: {str(tmp_path / 'v.jsonl')!r}}}\n")
     capfd.readouterr()
     assert main(["run", str(tmp_path / "p.yaml")]) == 0
     out, err = capfd.readouterr()

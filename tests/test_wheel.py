@@ -8,6 +8,7 @@ nothing is downloaded), but not its editable embedflow: the embedflow it imports
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,7 +26,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
-    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(ROOT)]
+    # from a copy of the tracked tree: a build/ left in the checkout could carry deleted modules
+    source = tmp / "source"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file() and not (ROOT / name).is_symlink():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(source)]
     subprocess.run(build, check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp / "dist").glob("embedflow-*.whl")
     venv.create(tmp / "venv", with_pip=False)

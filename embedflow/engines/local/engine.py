@@ -77,7 +77,7 @@ class LocalEngine(Engine):
                 stats.wall, stats.rows = run.stats.wall, run.stats.rows
 
     def _build(self, physical: PhysicalPlan, failures: FailureLog, run: Run, progress: Callable[[int], Any] | None) -> Channel:
-        with expecting(physical.source.rows_to_read()):  # a short run may skip an export (expected_items)
+        with expecting(physical.source.rows_to_read):  # a short run may skip an export (expected_items)
             replicas = {id(s): self._replicas(s) for s in physical.model_stages}
         run.replicas = [r for reps in replicas.values() for r in reps]
         cpu_models = any(r.device == "cpu" for reps in replicas.values() for r in reps)
