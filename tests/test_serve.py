@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import importlib
 import json
 import os
 import re
@@ -308,3 +309,27 @@ def test_the_search_pages_work_in_a_browser(tmp_path, sample_texts):
             images.stop()
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-batch-size", "0"], "max_batch_size=0 (--max-batch-size): rows per shared batch must be at least 1"),
+        (["--timeout", "-1"], "timeout=-1.0 (--timeout): the seconds a request may take must be a positive number"),
+        (["--max-queue", "0"], "max_queue=0 (--max-queue): rows that may wait must be at least 1"),
+        (["--max-bytes", "-3"], "max_bytes=-3 (--max-bytes)"),
+        (["--port", "99999"], "port=99999 (--port): a port is 0 to 65535"),
+        (["--host", "203.0.113.9"], "cannot listen on 203.0.113.9:0"),
+    ],
+)
+def test_bad_server_options_fail_before_any_model_loads(monkeypatch, capsys, args, message):
+    from embedflow.cli import main
+
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("the models were loaded before the options were checked")
+
+    monkeypatch.setattr(importlib.import_module("embedflow.serve.server"), "Service", no_load)  # (ef.serve is a function)
+    port = [] if "--port" in args else ["--port", "0"]
+    assert main(["serve", "text-embedding", *port, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Fix:" in err and "Traceback" not in err
