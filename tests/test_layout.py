@@ -43,6 +43,7 @@ LAZY_IMPORTS = {
     "contextlib",
     "numpy",
     "fastapi",
+    "starlette",  # comes with fastapi
     "uvicorn",
     "prometheus_client",
     "onnxruntime",

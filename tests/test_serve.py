@@ -133,6 +133,8 @@ def test_64_concurrent_requests_each_get_their_own_rows(text_server, offline, sa
         (json.dumps({"input": "x", "encoding_format": "int8"}).encode(), 400, "encoding_format"),
         (json.dumps({"input": ["x"] * 601}).encode(), 413, "at most 600 per request"),
         (json.dumps({"input": "x" * 300000}).encode(), 413, "at most 200000"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),  # was a 500 (RecursionError)
+        (b'{"input": "x", "n": ' + b"9" * 5000 + b"}", 400, "a value in the JSON is not usable: Exceeds the limit"),  # was a 500
     ],
 )
 def test_bad_requests_get_a_4xx_with_the_reason(text_server, body, status, message):
@@ -176,6 +178,15 @@ def test_images_by_upload_base64_or_path_under_the_root_and_a_corrupt_one_is_a_4
     assert "item 1: image_decode: ImageDecodeError" in bad.json()["error"]["message"]
     outside = image_server.post("/run", json={"rows": [{"path": "../../pyproject.toml"}]})
     assert outside.status_code == 403 and "outside the server's files root" in outside.json()["error"]["message"]
+
+
+def test_a_nul_byte_in_a_path_is_a_400_and_metrics_count_the_status_sent(image_server):
+    reply = image_server.post("/run", json={"rows": [{"path": "cat\u0000.jpg"}]})
+    assert reply.status_code == 400 and "holds a NUL byte" in reply.json()["error"]["message"]
+    assert httpx.get(image_server.url + "/files/cat%00.jpg", timeout=30).status_code == 404
+    metrics = httpx.get(image_server.url + "/metrics", timeout=30).text
+    assert re.search(r'embedflow_requests_total\{code="400",endpoint="/run"\} [1-9]', metrics), metrics
+    assert 'code="500"' not in metrics
 
 
 @pytest.mark.parametrize("endpoint", ["/run", "/v1/embeddings"])
@@ -333,3 +344,33 @@ def test_bad_server_options_fail_before_any_model_loads(monkeypatch, capsys, arg
     assert main(["serve", "text-embedding", *port, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Fix:" in err and "Traceback" not in err
+
+
+def test_an_unexpected_error_or_a_gone_client_is_counted_as_what_was_sent():
+    """/metrics counted every 500 as code="200"; a client that went away printed a traceback."""
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from embedflow.serve.app import Limits, _answering
+
+    counted = []
+
+    class Metrics:
+        def request(self, endpoint, code, seconds):
+            counted.append(code)
+
+    class FakeService:
+        metrics = Metrics()
+
+    answer = _answering(FakeService(), Limits())
+
+    def failing(exc):
+        async def work():
+            raise exc
+
+        return work
+
+    replies = [asyncio.run(answer("/run", failing(exc))) for exc in (RuntimeError("boom"), ClientDisconnect())]
+    assert [r.status_code for r in replies] == counted == [500, 499]
+    assert b"RuntimeError: boom" in replies[0].body

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 from .page import page
 from .protocol import BadRequest, Shape, embedding_rows, encode_vector, item_failure, parse_json, response_row, run_rows
 from .service import QueueFull, Service
+
+logger = logging.getLogger(__name__)
 
 try:  # the serve extra; FastAPI finds the Request parameter by this annotation
     from fastapi import Request
@@ -75,6 +78,38 @@ async def _body(request: Any, limits: Limits) -> bytes:
     return b"".join(parts)
 
 
+def _answering(service: Service, limits: Limits) -> Any:
+    """``answer(endpoint, work)``: the response of ``work()``, or the error response of what
+    it raised, counted in ``/metrics`` under the status really sent. A client that went away
+    gets nothing (499 in the metrics); an unexpected error is a 500 with one logged line."""
+    from starlette.requests import ClientDisconnect
+
+    async def answer(endpoint: str, work: Any) -> Any:
+        start, code = time.perf_counter(), 200
+        try:
+            return await work()
+        except BadRequest as exc:
+            code = exc.status
+            return _error(str(exc), exc.status, exc.index, code=exc.code)
+        except QueueFull as exc:
+            code = 503
+            return _error(str(exc), 503, headers={"Retry-After": str(exc.retry_after)})
+        except (asyncio.TimeoutError, TimeoutError):
+            code = 504
+            return _error(f"the request took longer than {limits.timeout:g}s (the server's --timeout)", 504)
+        except ClientDisconnect:
+            code = 499  # nginx's "client closed request": nobody is left to answer
+            return _error("the client closed the connection", 499)
+        except Exception as exc:
+            code = 500
+            logger.exception("%s: %s: %s", endpoint, type(exc).__name__, exc)
+            return _error(f"the server failed on this request ({type(exc).__name__}: {exc})", 500)
+        finally:
+            service.metrics.request(endpoint, code, time.perf_counter() - start)
+
+    return answer
+
+
 def served_models(shape: Shape, model: str | None = None) -> list[str]:
     """The names ``/v1/models`` lists: the pipeline's name, ``model`` (the name the server was
     told to report) and the model name of each of its steps.
@@ -94,23 +129,7 @@ def create_app(service: Service, shape: Shape, limits: Limits | None = None, fil
     limits = limits or Limits()
     served = served_models(shape, model)
     app = FastAPI(title=f"embedflow: {shape.name}", summary="A pipeline served over HTTP: rows in, rows out.")
-    metrics = service.metrics
-
-    async def answer(endpoint: str, work: Any) -> Any:
-        start, code = time.perf_counter(), 200
-        try:
-            return await work()
-        except BadRequest as exc:
-            code = exc.status
-            return _error(str(exc), exc.status, exc.index, code=exc.code)
-        except QueueFull as exc:
-            code = 503
-            return _error(str(exc), 503, headers={"Retry-After": str(exc.retry_after)})
-        except (asyncio.TimeoutError, TimeoutError):
-            code = 504
-            return _error(f"the request took longer than {limits.timeout:g}s (the server's --timeout)", 504)
-        finally:
-            metrics.request(endpoint, code, time.perf_counter() - start)
+    answer = _answering(service, limits)
 
     async def run(rows: list[Any]) -> Any:
         result = await service.submit(rows, limits.timeout)
@@ -205,8 +224,8 @@ def _add_pages(app: Any, service: Service, shape: Shape, files_root: Path | None
     async def files(path: str) -> Any:
         if files_root is None:
             return _error("the server serves no files (start it with --files-root DIR)", 404)
-        target = (files_root / path).resolve()
-        if files_root not in target.parents or not target.is_file():
+        target = (files_root / path.replace("\0", "")).resolve()  # a NUL byte names no file
+        if "\0" in path or files_root not in target.parents or not target.is_file():
             return _error(f"no file {path!r} under the files root", 404)
         return FileResponse(target)
 

@@ -83,8 +83,10 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest("the request has no body; send JSON")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = f"malformed JSON: {exc}"
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply; send rows of plain values") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number of thousands of digits
+        msg = f"malformed JSON: {exc}" if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)) else f"a value in the JSON is not usable: {exc}"
         raise BadRequest(msg) from None
 
 
@@ -133,6 +135,9 @@ def file_value(value: Any, index: int, column: str, files_root: Path | None) -> 
         return bytes(value)
     if not isinstance(value, str):
         msg = f'rows[{index}].{column}: send a file as {{"base64": "..."}} or as a multipart upload'
+        raise BadRequest(msg, index=index)
+    if "\0" in value:
+        msg = f"rows[{index}].{column}: {value[:60]!r} holds a NUL byte, which no path has"
         raise BadRequest(msg, index=index)
     if files_root is None:
         msg = f"rows[{index}].{column}: the server reads no paths (start it with --files-root DIR); upload the file instead"
