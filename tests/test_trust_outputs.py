@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 
 import numpy as np
@@ -157,3 +158,35 @@ def test_chunk_without_group_gives_each_part_its_own_milvus_entity(tmp_path, lon
     assert len(rows) == len(want)
     assert sorted((r["part"], r["index"]) for r in rows) == sorted(want)
     assert {r["id"] for r in rows} >= {"0#0", "0#1"}  # parent key + the part's index
+
+
+# --------------------------------------------------------------------------- hostile pipeline files
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        ("x: " + "[" * 3000 + "]" * 3000 + "\n", r"p.yaml:\d+: the YAML is nested too deeply to read"),  # was a RecursionError
+        ("x: " + "9" * 5000 + "\n", r"p.yaml:4: a number of 5000 characters is longer than Python reads"),  # was a ValueError
+    ],
+)
+def test_a_hostile_file_is_one_line_with_file_and_line(tmp_path, capsys, tail, message):
+    from embedflow.cli import main
+
+    (tmp_path / "in.txt").write_text("a\n")
+    path = tmp_path / "p.yaml"
+    path.write_text(f"source: {{read_text: {tmp_path / 'in.txt'}, column: text}}\nsteps: []\nsink: {{jsonl: {tmp_path / 'o.jsonl'}}}\n" + tail)
+    for command in ("validate", "run"):
+        assert main([command, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_validate_refuses_duplicate_keys_as_run_does(tmp_path, capsys):
+    from embedflow.cli import main
+
+    (tmp_path / "k.csv").write_text("id,text\n1,a\n1,b\n")
+    path = tmp_path / "p.yaml"
+    path.write_text(f"source: {{read_csv: {tmp_path / 'k.csv'}, columns: [id, text], key: id}}\nsteps: []\nsink: {{jsonl: {tmp_path / 'o.jsonl'}}}\n")
+    for command in ("validate", "run"):
+        assert main([command, str(path)]) == 1
+        assert "rows 0 and 1 have the same key id='1'" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()

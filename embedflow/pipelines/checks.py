@@ -48,11 +48,14 @@ def check_output(path: str | os.PathLike[str], database: bool = False, source: S
 
 
 def preflight(pipeline: Pipeline) -> None:
-    """Every check that needs no work: the input (exists, readable, not empty unless allowed),
-    what each operator step needs before its first row (``Operator.check_params``: a search
-    step's database) and the output (writable)."""
+    """Every check that needs no work: the input (exists, readable, not empty unless allowed,
+    a named key unique), what each operator step needs before its first row
+    (``Operator.check_params``: a search step's database) and the output (writable). ``run``
+    and ``validate`` both make them."""
     plan = pipeline.collection.plan
     plan.source.check()
+    if plan.key is not None:
+        check_unique_keys(plan.source, plan.key)
     for step in plan.steps:
         if isinstance(step, Apply) and step.target is None:
             kind = operator_class(step)

@@ -31,7 +31,7 @@ from ..io.shards import ResumableSink, ShardStore
 from ..io.sinks import Sink
 from ..plan import Plan
 from ..views.display import PrintSink
-from .checks import check_unique_keys, preflight, schema_columns
+from .checks import preflight, schema_columns
 from .schema import Pipeline, SinkSpec
 
 # Commit a shard at least every SHARD_ROWS rows or SHARD_SECONDS seconds, so an interruption
@@ -112,8 +112,6 @@ def run_pipeline(
         dc = dc.set_engine(engine)
     plan = dc.plan
     preflight(pipeline)
-    if plan.key is not None:
-        check_unique_keys(plan.source, plan.key)
     sink = build_sink(spec, schema_columns(pipeline))
     start = time.perf_counter()
     target = errors_path(spec)

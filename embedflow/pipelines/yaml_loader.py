@@ -55,6 +55,19 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+def _int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """YAML's int, or the file and line of one too long to be a number (Python refuses more
+    than 4,300 digits)."""
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:
+        msg = f"{loader.file}:{node.start_mark.line + 1}: a number of {len(node.value)} characters is longer than Python reads (4,300 digits); quote it to make it a string, or shorten it"
+        raise PipelineError(msg) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _int)
+
+
 MAX_VALUES = 10_000  # values a file may expand to through aliases: pipeline files have dozens
 
 
@@ -93,6 +106,9 @@ def load_yaml_text(text: str, file: str = "<yaml>") -> Any:
             return None
         _expanded_size(node, file)
         return loader.construct_document(node)
+    except RecursionError:
+        msg = f"{file}:{loader.line + 1}: the YAML is nested too deeply to read; a pipeline file needs a few levels — flatten it"
+        raise PipelineError(msg) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else 0
