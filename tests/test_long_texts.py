@@ -36,6 +36,35 @@ def test_a_run_warns_once_with_the_count_of_cut_texts(long_texts):
         ef.dc(["short"]).text_embedding.transformers(model_name=MINILM).to_list()  # nothing cut: no warning
 
 
+def test_a_huge_text_costs_a_slice_and_keeps_the_tokens_of_the_whole(long_texts):
+    """Issue 21: a 200 MB line took 16 GB and minutes in the tokenizer. The tokenizer now sees at
+    most 64 characters a token of the limit, cut at whitespace: the vector is still that of the
+    whole text's first 256 tokens (sentence-transformers' answer), and the text counts as cut."""
+    from sentence_transformers import SentenceTransformer
+
+    from embedflow_operators.text_embedding._tokens import CHARS_PER_TOKEN, Tokens
+
+    huge = " ".join(long_texts) * 700  # ~4 MB of words
+    seen = []
+    bounded = Tokens._bounded
+
+    def spy(self, text):
+        kept, cut = bounded(self, text)
+        seen.append(len(kept))
+        return kept, cut
+
+    st = SentenceTransformer(str(ef.resolve_model(MINILM)), device="cpu")
+    want = st.encode([huge], normalize_embeddings=True)
+    chain = ef.dc([huge]).text_embedding.transformers(model_name=MINILM, backend="torch").normalize()
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mp.setattr(Tokens, "_bounded", spy)
+        got = chain.to_numpy()
+    assert float((got * want).sum()) > 0.99999
+    assert len(huge) > 4_000_000 and max(seen) <= 256 * CHARS_PER_TOKEN  # what reached the tokenizer
+    assert any("1 text(s) were longer than 256 tokens" in str(w.message) for w in caught)
+
+
 def test_chunks_are_token_windows_with_overlap_cut_from_the_text():
     from transformers import AutoTokenizer
 

@@ -190,3 +190,16 @@ def test_validate_refuses_duplicate_keys_as_run_does(tmp_path, capsys):
         assert main([command, str(path)]) == 1
         assert "rows 0 and 1 have the same key id='1'" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- huge lines
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_a_line_of_many_blocks_is_read_whole_and_its_neighbours_intact(tmp_path, monkeypatch, end):
+    """A 200 MB line took 24 s to read (the unfinished line was copied once per 1 MB block)."""
+    from embedflow.io import readers
+
+    monkeypatch.setattr(readers, "BLOCK", 7)  # the line spans dozens of blocks, ends fall anywhere
+    long = b"x" * 500
+    (tmp_path / "in.txt").write_bytes(end.join([b"a", long, b"", b"bc", long + b"y"]) + end)
+    assert list(readers.byte_lines(str(tmp_path / "in.txt"))) == [b"a", long, b"", b"bc", long + b"y"]
+    assert list(readers.byte_lines(str(tmp_path / "in.txt"), 2 if end != b"\r\n" else 3)) == [long, b"", b"bc", long + b"y"]

@@ -148,19 +148,22 @@ def byte_lines(path: str, start: int = 0, end: int | None = None) -> Iterator[by
     with open_input(path) as f:
         f.seek(start)
         left = None if end is None else end - start
-        carry = b""
+        carry: list[bytes] = []  # the unfinished line, in blocks: joined once it ends (a 200 MB line is not copied per block)
         while left is None or left > 0:
             block = f.read(BLOCK if left is None else min(BLOCK, left))
             if not block:
                 break
             if left is not None:
                 left -= len(block)
-            lines = (carry + block).splitlines(keepends=True)
-            carry = lines.pop() if lines and (not lines[-1].endswith((b"\n", b"\r")) or lines[-1].endswith(b"\r")) else b""
+            if b"\n" not in block and b"\r" not in block:
+                carry.append(block)
+                continue
+            lines = b"".join([*carry, block]).splitlines(keepends=True)
+            carry = [lines.pop()] if lines and (not lines[-1].endswith((b"\n", b"\r")) or lines[-1].endswith(b"\r")) else []
             for line in lines:
                 yield line.rstrip(b"\r\n")
         if carry:
-            yield carry.rstrip(b"\r\n")
+            yield b"".join(carry).rstrip(b"\r\n")
 
 
 def _jsonl_row(raw: bytes) -> bool:

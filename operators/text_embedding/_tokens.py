@@ -5,6 +5,9 @@ attention mask: every token of an unpadded text is real, so :meth:`Tokens.collat
 mask from the lengths). Texts are tokenized by a private copy of the fast (Rust) tokenizer
 (the engine may run :meth:`Tokens.many` in worker processes: the operator's
 ``preprocess_processes``); texts cut to the length limit are counted in ``counts["truncated"]``.
+The tokenizer sees at most ``CHARS_PER_TOKEN`` characters per token of the limit, cut at the
+last whitespace before that (a 200 MB line costs a slice, not gigabytes of token ids, and the
+tokens kept are those of the whole text: no text of words needs 64 characters a token).
 
 >>> from tokenizers import Tokenizer, models, pre_tokenizers
 >>> fast = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
@@ -23,6 +26,9 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+
+CHARS_PER_TOKEN = 64  # characters the tokenizer sees per token of the limit (see the module docstring)
+_SPACES = " \n\t\r"
 
 
 class Tokens:
@@ -46,6 +52,7 @@ class Tokens:
         counts: Counter[str] | None = None,
     ):
         self.limit, self.prompt, self.pad_id, self.pad_multiple = limit, prompt, pad_id, pad_multiple
+        self.max_chars = limit * CHARS_PER_TOKEN
         self.with_types = "token_type_ids" in input_names
         self.tokenizer = tokenizer
         self.fast = None
@@ -70,13 +77,14 @@ class Tokens:
             raise TypeError(msg)
         if self.prompt:
             text = self.prompt + text
+        text, cut = self._bounded(text)
         if self.fast is not None:
             enc = self.fast.encode(text)
-            self._count(1 if enc.overflowing else 0)
+            self._count(1 if enc.overflowing or cut else 0)
             return self._item(enc.ids, enc.type_ids)
         with self._lock:  # slow tokenizers are not thread-safe
             enc = self.tokenizer(text, truncation=True, max_length=self.limit, return_overflowing_tokens=False)
-            self.counts["truncated"] += int(len(enc["input_ids"]) >= self.limit)  # at the limit: (almost always) cut
+            self.counts["truncated"] += int(cut or len(enc["input_ids"]) >= self.limit)  # at the limit: (almost always) cut
         return self._item(list(enc["input_ids"]), list(enc.get("token_type_ids") or [0] * len(enc["input_ids"])))
 
     def many(self, texts: list[Any]) -> list[dict[str, Any]]:
@@ -86,11 +94,25 @@ class Tokens:
             return [self.one(t) for t in texts]
         if self.prompt:
             texts = [self.prompt + t for t in texts]
-        encodings = self.fast.encode_batch(texts)
-        self._count(sum(1 for enc in encodings if enc.overflowing))
+        bounded = [self._bounded(t) for t in texts]
+        encodings = self.fast.encode_batch([t for t, _ in bounded])
+        self._count(sum(1 for enc, (_, cut) in zip(encodings, bounded) if enc.overflowing or cut))
         if not self.carry_types:
             return [{"input_ids": enc.ids} for enc in encodings]
         return [{"input_ids": enc.ids, "token_type_ids": enc.type_ids} for enc in encodings]
+
+    def _bounded(self, text: str) -> tuple[str, bool]:
+        """``text`` cut to at most ``max_chars`` characters at its last whitespace before that
+        (mid-word only when there is none), and whether it was cut.
+
+        >>> text, cut = Tokens(None, limit=1, input_names=["input_ids"], pad_id=0)._bounded("word " * 20)
+        >>> len(text), text.split() == ["word"] * 13, cut  # 64 characters at most, whole words
+        (64, True, True)
+        """
+        if len(text) <= self.max_chars:
+            return text, False
+        end = max(text.rfind(space, 0, self.max_chars + 1) for space in _SPACES)
+        return text[: end if end > 0 else self.max_chars], True
 
     def _item(self, ids: Any, types: Any) -> dict[str, Any]:
         return {"input_ids": ids, "token_type_ids": types} if self.carry_types else {"input_ids": ids}
