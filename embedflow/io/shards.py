@@ -303,7 +303,7 @@ class ResumableSink(Sink):
         if not self.allow_empty and self.store.rows() == 0 and not self.store.failures():
             msg = f"{self.store.output}: the input has no rows, so nothing was written; add allow_empty: true to the source if an empty input is fine"
             raise EmbedflowError(msg)
-        self.inner.open(SinkContext(named=True, key_column=self.context.key_column))
+        self.inner.open(SinkContext(named=True, key_column=self.context.key_column, expands=self.context.expands))
         try:
             chunk_numbers: list[int] = []
             chunk_rows: list[dict[str, Any]] = []
