@@ -24,6 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from embedflow import Operator
 from embedflow.io.remote import is_remote, local_path, open_input
 
+from ._pixel_budget import DECODING
+
+ORIENTATION = 0x0112  # the EXIF tag
+
 WHITE = (255, 255, 255)
 
 
@@ -91,17 +95,19 @@ def _high_depth_to_uint8(arr: np.ndarray) -> np.ndarray:
     return (np.clip(arr.astype(np.float64), 0, peak) * (255.0 / peak) + 0.5).astype(np.uint8)
 
 
-def pil_to_rgb(img: Image.Image) -> np.ndarray:
-    """Orientation applied, colour converted: the RGB uint8 array of a PIL image."""
-    img = ImageOps.exif_transpose(img) or img
+def pil_to_rgb(img: Image.Image, max_side: int | None = None) -> np.ndarray:
+    """Orientation applied, colour converted: the RGB uint8 array of a PIL image; with
+    ``max_side``, shrunk on Pillow's side first, so a large image is never copied in full."""
+    if img.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even an upright image
+        img = ImageOps.exif_transpose(img) or img
     mode = img.mode
-    if mode == "RGB":
-        return np.array(img, dtype=np.uint8)  # one copy, writable
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
-        return np.array(_composite_on_white(img), dtype=np.uint8)
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grayscale
-        return array_to_rgb(np.asarray(img))
-    return np.array(img.convert("RGB"), dtype=np.uint8)
+        return _shrunk(array_to_rgb(np.asarray(img)), max_side)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        img = _composite_on_white(img)
+    elif mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(_shrunk_image(img, max_side), dtype=np.uint8)  # one copy, writable
 
 
 def array_to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -132,20 +138,46 @@ def decode_image(source: Any, max_side: int | None = None, draft: bool = False) 
     (200, 50, 3)
     """
     if isinstance(source, np.ndarray):
-        rgb = array_to_rgb(source)
-    else:
+        return _shrunk(array_to_rgb(source), max_side)
+    with DECODING.hold(_pixels(source)):  # large images decode a few at a time (operators/_pixel_budget.py)
         img = open_image(source, max_side if draft else None)
         try:
-            rgb = pil_to_rgb(img)
+            return pil_to_rgb(img, max_side)
         except (OSError, ValueError) as exc:
             msg = f"image {_describe(source)} could not be converted to RGB: {exc}"
             raise ImageDecodeError(msg) from exc
+
+
+def _shrunk_image(img: Image.Image, max_side: int | None) -> Image.Image:
+    """``img`` with no side longer than ``max_side`` (aspect kept; bicubic, antialiased: exact,
+    no box pre-reduce)."""
+    width, height = img.size
+    if max_side is None or max(height, width) <= max_side:
+        return img
+    scale = max_side / max(height, width)
+    return img.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BICUBIC)
+
+
+def _shrunk(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     height, width = rgb.shape[:2]
-    if max_side is not None and max(height, width) > max_side:
-        scale = max_side / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC))  # exact, antialiased (no box pre-reduce)
-    return rgb
+    if max_side is None or max(height, width) <= max_side:
+        return rgb
+    return np.asarray(_shrunk_image(Image.fromarray(rgb), max_side))
+
+
+def _pixels(source: Any) -> int:
+    """The pixels an image will decode to, read from its header (0 when that cannot be told:
+    the decode itself then says what is wrong)."""
+    try:
+        if isinstance(source, (str, os.PathLike)) and not is_remote(source):
+            with Image.open(Path(local_path(source))) as img:
+                return img.width * img.height
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            with Image.open(io.BytesIO(bytes(source))) as img:
+                return img.width * img.height
+    except Exception:  # noqa: BLE001 - not an image, not there: open_image names the problem
+        return 0
+    return 0  # a PIL image is decoded already; a remote file is read once, by open_image
 
 
 class ImageDecode(Operator):

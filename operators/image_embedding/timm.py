@@ -25,6 +25,8 @@ from .._onnx import Session, cache_key, check_backend, check_export, choose_back
 from .._pixels import normalize_batch, split_transform
 from ..image_decode import decode_image
 
+DECODE_SIDE_PER_INPUT = 8  # the longest side decoded, per pixel of the model's input side
+
 DECODES = ("auto", "cpu", "device")
 
 # Model families for which ONNX Runtime was measured faster than torch (channels_last) on the
@@ -200,6 +202,9 @@ class TimmImageEmbedding(Operator):
 
         self.transform = create_transform(**config)
         self.config, self.device = config, device
+        # a path or bytes decode to at most 8x the model's input side: a 12000-pixel scan is not
+        # held in full through the transform (the model sees 224 pixels; samples stay exact)
+        self.decode_side = DECODE_SIDE_PER_INPUT * max(config["input_size"][1:])
         self.on_device = self.decode == "device" or (self.decode == "auto" and device.startswith("cuda"))
         # decoded on the CPU: resized and cropped there, kept uint8 until the device normalises the batch
         self.uint8 = None if self.on_device else split_transform(self.transform)
@@ -250,10 +255,8 @@ class TimmImageEmbedding(Operator):
             return read_encoded(image)  # bytes only: decoded on the device with the batch
         from PIL import Image
 
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(decode_image(image))
-        elif image.mode != "RGB":
-            image = Image.fromarray(decode_image(image))
+        if not isinstance(image, Image.Image) or image.mode != "RGB":
+            image = Image.fromarray(decode_image(image, self.decode_side))
         if self.uint8 is not None:
             return np.asarray(self.uint8[0](image))  # HWC uint8, resized and cropped
         return self.transform(image)

@@ -155,3 +155,47 @@ def test_bytes_like_input():
     buf = io.BytesIO()
     Image.new("RGB", (3, 2), (1, 2, 3)).save(buf, "PNG")
     assert decode(bytearray(buf.getvalue()))[0].shape == (2, 3, 3)
+
+
+def test_large_images_decode_a_few_at_a_time_within_the_pixel_budget(tmp_path, monkeypatch):
+    """Issue 21: threads decoding 12000x12000 PNGs at once held 3.9 GB; decodes now take turns
+    when their pixels would pass the budget (EMBEDFLOW_DECODE_PIXELS)."""
+    import threading
+    import time
+
+    from embedflow_operators import _pixel_budget, image_decode
+
+    monkeypatch.setattr(image_decode, "DECODING", _pixel_budget.PixelBudget(150))  # one 100-pixel image at a time
+    paths = []
+    for i in range(4):
+        Image.fromarray(np.full((10, 10, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    active, most, lock = [0], [0], threading.Lock()
+    opened = image_decode.open_image
+
+    def slow_open(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        try:
+            return opened(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(image_decode, "open_image", slow_open)
+    threads = [threading.Thread(target=image_decode.decode_image, args=(p,)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and image_decode.DECODING.held == 0
+
+
+def test_a_large_image_is_shrunk_on_pillow_s_side_exactly_as_before():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8))
+    want = np.asarray(Image.fromarray(np.asarray(img)).resize((67, 100), Image.Resampling.BICUBIC))
+    from embedflow_operators.image_decode import decode_image
+
+    np.testing.assert_array_equal(decode_image(img, max_side=100), want)

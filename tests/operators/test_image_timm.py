@@ -154,3 +154,19 @@ def test_cpu_decoded_batches_travel_as_uint8_and_normalise_to_timms_values(sampl
     expected = torch.stack([op.transform(Image.open(p).convert("RGB")) for p in sample_images[:3]])
     assert torch.equal(pixels, expected)
     assert pixels.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_huge_scan_is_decoded_to_8x_the_model_input_and_embeds_as_the_full_image(resnet_checkpoint, sample_images, tmp_path):
+    """Issue 21: a path or bytes is decoded to at most 8x the model's input side (1792 pixels
+    for 224) instead of held in full; the model sees 224 pixels either way."""
+    path, model = resnet_checkpoint
+    photo = Image.open(sample_images[0]).convert("RGB")
+    huge = tmp_path / "huge.png"
+    photo.resize((4000, 3000), Image.Resampling.BICUBIC).save(huge)  # one smooth 12-megapixel image
+    ours = ef.dc([str(huge)]).image_embedding.timm(model_name="resnet18", pretrained=False, checkpoint_path=str(path)).to_numpy()
+    want = _timm_direct(model, [huge])
+    cosine = float((ours * want).sum() / (np.linalg.norm(ours) * np.linalg.norm(want)))
+    assert cosine > 0.999
+    chain = ef.dc([str(huge)]).image_embedding.timm(model_name="resnet18", pretrained=False, checkpoint_path=str(path))
+    chain.to_list()
+    assert cached(chain.plan.steps[0])["cpu"].decode_side == 8 * 224
