@@ -216,3 +216,53 @@ def test_a_line_of_many_blocks_is_read_whole_and_its_neighbours_intact(tmp_path,
     (tmp_path / "in.txt").write_bytes(end.join([b"a", long, b"", b"bc", long + b"y"]) + end)
     assert list(readers.byte_lines(str(tmp_path / "in.txt"))) == [b"a", long, b"", b"bc", long + b"y"]
     assert list(readers.byte_lines(str(tmp_path / "in.txt"), 2 if end != b"\r\n" else 3)) == [long, b"", b"bc", long + b"y"]
+
+
+# --------------------------------------------------------------------------- errors that name their subject
+def test_a_full_disk_names_the_output(tmp_path, lengths, capsys, monkeypatch):
+    """Issue 21: "No space left on device" came without the path being written."""
+    import errno
+
+    import pyarrow.parquet
+
+    from embedflow.cli import main
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "in.txt").write_text("a\nbb\n")
+    out = tmp_path / "out" / "v.parquet"
+    path = pipeline_file(tmp_path, f'{{read_text: "{tmp_path / "in.txt"}", column: text}}', f'{{parquet: "{out}"}}')
+    monkeypatch.setattr(pyarrow.parquet, "write_table", full)
+    assert main(["run", str(path), "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith(f"embedflow: No space left on device: {out} (OSError)")
+    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", full)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        ef.dc(["a"]).to_parquet(tmp_path / "direct.parquet")
+    assert caught.value.filename == str(tmp_path / "direct.parquet")
+
+
+def test_a_remote_file_that_breaks_mid_read_is_named(tmp_path, monkeypatch):
+    """Issue 21: a server dying mid-read gave ClientPayloadError without the URL."""
+    import io
+
+    from embedflow.io import remote
+
+    class Broken(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() >= 4:
+                raise ConnectionResetError("Response payload is not completed")
+            return super().read(min(size, 4) if size and size > 0 else 4)
+
+    class FakeFS:
+        def open(self, inner, mode):
+            return Broken(b"line one\nline two\n")
+
+        def info(self, inner):
+            return {"size": 18, "type": "file", "ETag": "x"}
+
+    monkeypatch.setattr(remote, "filesystem", lambda url: (FakeFS(), url))
+    with pytest.raises(
+        EmbedflowError, match=r"'s3://bucket/in.txt': reading failed after 4 bytes: ConnectionResetError: Response payload is not completed"
+    ):
+        ef.read_text("s3://bucket/in.txt").to_list()

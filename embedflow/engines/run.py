@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -70,11 +71,26 @@ def execute(
     sink.open(SinkContext(named=named, key_column=plan.key_column, source=plan.source, expands=plan.expands))
     try:
         for numbers, rows in stream(plan, ordered=sink.ordered, stats=stats, progress=progress, failures=failures):
-            sink.write(numbers, rows)
+            with _naming(sink):
+                sink.write(numbers, rows)
     except BaseException:
         try:
             sink.abort()
         except Exception:
             logger.exception("cleaning up the sink after a failed run failed too")
         raise
-    return sink.close()
+    with _naming(sink):
+        return sink.close()
+
+
+@contextlib.contextmanager
+def _naming(sink: Sink) -> Iterator[None]:
+    """An OSError from writing that names no file (a full disk: "No space left on device")
+    names the sink's output instead, so the one-line error says where."""
+    try:
+        yield
+    except OSError as exc:
+        target = sink.target()
+        if exc.filename is not None or not exc.strerror or target is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from exc

@@ -135,6 +135,9 @@ class MilvusSink(Sink):
             enable_dynamic_field=True,
         )
 
+    def target(self) -> Any:
+        return self.uri
+
     def _connected(self) -> Any:
         if self.client is None:
             self.client = client(self.uri)

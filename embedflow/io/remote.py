@@ -67,12 +67,45 @@ def open_input(path: Any) -> IO[bytes]:
         return open(local_path(path), "rb")
     fs, inner = filesystem(str(path))
     try:
-        return fs.open(inner, "rb")
+        return _Named(fs.open(inner, "rb"), str(path))  # type: ignore[return-value]
     except FileNotFoundError:
         raise
     except OSError as exc:
         msg = f"{path!r} could not be opened: {exc}"
         raise EmbedflowError(msg) from exc
+
+
+class _Named:
+    """A remote file whose read errors name it: a server that dies mid-read raises its
+    client's error (``ClientPayloadError: Response payload is not completed``) without the URL."""
+
+    def __init__(self, file: Any, url: str):
+        self._file, self._url = file, url
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._file, name)
+        if name not in ("read", "readline", "readinto", "read1", "readlines"):
+            return attr
+
+        def reading(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except EmbedflowError:
+                raise
+            except Exception as exc:
+                msg = f"{self._url!r}: reading failed after {self._file.tell()} bytes: {type(exc).__name__}: {exc}"
+                raise EmbedflowError(msg) from exc
+
+        return reading
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+    def __enter__(self) -> _Named:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
 
 
 def info(path: Any) -> dict[str, Any]:

@@ -265,6 +265,9 @@ class ResumableSink(Sink):
         self.buffer: list[Record] = []
         self.last_commit = time.monotonic()
 
+    def target(self) -> Any:
+        return self.inner.target()
+
     def open(self, context: SinkContext) -> None:
         super().open(context)
         # the parts of one row (chunk, flat_map) come together and in order: each is keyed by its

@@ -54,6 +54,10 @@ class Sink:
     def abort(self) -> None:
         """The run failed or was interrupted; by default, nothing to undo."""
 
+    def target(self) -> Any:
+        """Where the rows go (a path, a URL), for errors that do not say; None in memory."""
+        return getattr(self, "path", None)
+
 
 def select_columns(rows: list[Any], columns: Sequence[str] | None) -> list[Any]:
     """Only ``columns`` of each named row (all when ``columns`` is None)."""
