@@ -302,3 +302,35 @@ def test_a_worker_that_cannot_be_restarted_stops_the_workers_once(sample_texts, 
         again = chain.to_numpy()
     np.testing.assert_allclose(again, first, atol=1e-6)
     assert pool.failed is not None
+
+
+def test_a_worker_ends_soon_after_its_parent_is_killed_even_while_starting(tmp_path):
+    """Issue 21: workers outlived a kill -9 of the parent by 10-20 s while starting (importing,
+    loading a tokenizer: not reading the pipe, so its closing went unseen)."""
+    import signal
+    import subprocess
+    import sys
+
+    busy = "from embedflow.engines.prepare_worker import die_with_parent; die_with_parent(); import time; time.sleep(120)"  # a slow start
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {busy!r}]); print(p.pid, flush=True); p.wait()"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)  # the child is up and watching
+    assert open(f"/proc/{child}/stat").read().split()[2] != "Z", "the worker did not start"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{child}/stat").read().split()[2] == "Z":  # ended; a zombie until reaped
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the worker outlived its parent by 10 s")

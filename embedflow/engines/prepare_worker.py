@@ -9,8 +9,11 @@ model factories from and the parent's ``sys.path``; builds the step's operator a
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
+import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -30,6 +33,22 @@ def _portable(items: list[Any]) -> list[Any]:
                 item = Raised(RuntimeError(f"{type(item.error).__name__}: {item.error}"))
         out.append(item)
     return out
+
+
+def die_with_parent(every: float = 0.2) -> None:
+    """End this process soon after its parent dies, even in the middle of starting (importing
+    torch, loading a tokenizer takes seconds) when a ``kill -9`` of the parent leaves no one to
+    close the pipe: a thread watches for this process being handed to another parent. (Not
+    Linux's parent-death signal: it fires when the parent *thread* ends, and the thread that
+    started a pool may end while the process lives on.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="embedflow-parent-watch", daemon=True).start()
 
 
 def serve(read_fd: int, write_fd: int) -> None:
@@ -63,4 +82,5 @@ def serve(read_fd: int, write_fd: int) -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent()
     serve(int(sys.argv[1]), int(sys.argv[2]))
