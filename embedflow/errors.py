@@ -15,6 +15,7 @@ import difflib
 import os
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 
 class EmbedflowError(Exception):
@@ -126,6 +127,50 @@ def user_stacklevel() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level
+
+
+_THREAD_STARTS = (os.path.join("concurrent", "futures"), "threading.py")
+_user_site: tuple[str, int, dict[str, Any]] | None = None  # the line that started the latest run
+
+
+def remember_user_site() -> None:
+    """Note the user's line that is starting a run (the engine calls this in the caller's
+    thread), so that a warning raised later in one of its worker threads points there."""
+    global _user_site
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame = frame.f_back
+    if frame is not None:
+        _user_site = (frame.f_code.co_filename, frame.f_lineno, frame.f_globals)
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointing at the user's line: the caller's own when the stack has one,
+    else (a worker thread's stack starts in the thread pool) the line that started the run.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_user("careful")
+    >>> str(caught[0].message), caught[0].filename.endswith(".py") or caught[0].filename.startswith("<doctest")
+    ('careful', True)
+    """
+    import warnings
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    in_thread_pool = (
+        frame is None or frame.f_code.co_filename.endswith(_THREAD_STARTS) or any(part in frame.f_code.co_filename for part in _THREAD_STARTS)
+    )
+    if not in_thread_pool or _user_site is None:
+        warnings.warn(message, category, stacklevel=level + 1)
+        return
+    filename, lineno, module_globals = _user_site
+    registry = module_globals.setdefault("__warningregistry__", {})
+    warnings.warn_explicit(
+        message, category, filename, lineno, module=module_globals.get("__name__"), registry=registry, module_globals=module_globals
+    )
 
 
 class DeviceError(EmbedflowError):

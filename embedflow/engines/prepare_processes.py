@@ -28,14 +28,13 @@ import queue
 import subprocess
 import sys
 import threading
-import warnings
 import weakref
 from collections import Counter
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import registry
-from ..errors import user_stacklevel
+from ..errors import warn_user
 from ..models import allowed_imports
 from ..operator import Operator
 from ..plan import Apply
@@ -197,11 +196,7 @@ class PreparePool:
             if self.failed is not None:
                 return
             self.failed = error
-        warnings.warn(
-            f"{self.label}: the preprocessing worker processes cannot serve ({error}); preparing in this process's threads instead",
-            UserWarning,
-            stacklevel=user_stacklevel(),
-        )
+        warn_user(f"{self.label}: the preprocessing worker processes cannot serve ({error}); preparing in this process's threads instead")
         self.close()
 
     def _replace(self, dead: _Worker) -> _Worker:
@@ -248,11 +243,9 @@ def pool_for(step: Apply, op: Operator, device: str, processes: int | None = Non
         return None
     if not (callable(getattr(op, "setup_preprocess", None)) and portable(step)):
         if wanted != "auto":
-            warnings.warn(
+            warn_user(
                 f"{step.label}: processes={count} needs an operator of an installed package with setup_preprocess(); "
-                "preparing in this process's threads instead",
-                UserWarning,
-                stacklevel=user_stacklevel(),
+                "preparing in this process's threads instead"
             )
         return None
     with _pools_lock:
@@ -263,11 +256,9 @@ def pool_for(step: Apply, op: Operator, device: str, processes: int | None = Non
             try:
                 pool = _pools[op] = PreparePool(step, device, count)
             except OSError as exc:  # no process can be started here (no executable, limits)
-                warnings.warn(
+                warn_user(
                     f"{step.label}: processes={count}: the worker processes could not be started ({type(exc).__name__}: {exc}); "
-                    "preparing in this process's threads instead",
-                    UserWarning,
-                    stacklevel=user_stacklevel(),
+                    "preparing in this process's threads instead"
                 )
                 return None
         return pool

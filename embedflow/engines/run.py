@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import remember_user_site
 from ..io.sinks import Sink, SinkContext
 from ..plan import Plan, lower
 from .base import get_engine
@@ -68,6 +69,7 @@ def execute(
     run fails or is interrupted, the sink is aborted (a file sink leaves nothing behind, a
     resumable one keeps what is finished) and the error propagates.
     """
+    remember_user_site()  # where a warning from a worker thread points
     sink.open(SinkContext(named=named, key_column=plan.key_column, source=plan.source, expands=plan.expands))
     try:
         for numbers, rows in stream(plan, ordered=sink.ordered, stats=stats, progress=progress, failures=failures):
