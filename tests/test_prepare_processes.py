@@ -298,7 +298,9 @@ def test_a_worker_that_cannot_be_restarted_stops_the_workers_once(sample_texts, 
     os.kill(pool.workers[0].process.pid, signal.SIGKILL)
     pool.workers[0].process.wait()
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: (_ for _ in ()).throw(OSError(11, "Resource temporarily unavailable")))
-    with pytest.warns(UserWarning, match="cannot serve \\(a worker could not be restarted: BlockingIOError: .*Resource temporarily unavailable") as caught:
+    with pytest.warns(
+        UserWarning, match="cannot serve \\(a worker could not be restarted: BlockingIOError: .*Resource temporarily unavailable"
+    ) as caught:
         again = chain.to_numpy()
     np.testing.assert_allclose(again, first, atol=1e-6)
     assert {w.filename for w in caught if "cannot serve" in str(w.message)} == {__file__}  # the chain's line, not thread.py
