@@ -160,9 +160,7 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     frame, level = sys._getframe(1), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
-    in_thread_pool = (
-        frame is None or frame.f_code.co_filename.endswith(_THREAD_STARTS) or any(part in frame.f_code.co_filename for part in _THREAD_STARTS)
-    )
+    in_thread_pool = frame is None or any(part in frame.f_code.co_filename for part in _THREAD_STARTS)
     if not in_thread_pool or _user_site is None:
         warnings.warn(message, category, stacklevel=level + 1)
         return

@@ -13,8 +13,10 @@ names the file and the cause.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +45,14 @@ def _describe(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
-def open_image(source: Any, draft: int | None = None) -> Image.Image:
+def open_image(source: Any, draft: int | None = None, load: bool = True) -> Image.Image:
     """A fully loaded PIL image from a path, bytes or PIL image (numpy arrays: see to_rgb);
     with ``draft``, a JPEG is decoded directly at the smallest 1/2–1/8 scale whose sides
-    stay at least ``draft`` pixels (PIL's draft mode: much faster, pixels change slightly)."""
+    stay at least ``draft`` pixels (PIL's draft mode: much faster, pixels change slightly).
+    ``load=False``: only the header is read (size, mode); :func:`load_image` decodes."""
     if isinstance(source, Image.Image):
         return source
-    try:
+    with _decoding(source):
         if isinstance(source, (str, os.PathLike)) and is_remote(source):
             with open_input(source) as f:  # s3://, https://, ...: read once, decoded from memory
                 img = Image.open(io.BytesIO(f.read()))
@@ -62,8 +65,21 @@ def open_image(source: Any, draft: int | None = None) -> Image.Image:
             raise ImageDecodeError(msg)
         if draft is not None and img.format == "JPEG":
             img.draft("RGB", (draft, draft))
-        img.load()  # decode now so truncation is found here, not later
-        return img
+    return load_image(img, source) if load else img
+
+
+def load_image(img: Image.Image, source: Any) -> Image.Image:
+    """Decode ``img`` (opened from ``source``) now, so that truncation is found here, not later."""
+    with _decoding(source):
+        img.load()
+    return img
+
+
+@contextlib.contextmanager
+def _decoding(source: Any) -> Iterator[None]:
+    """Pillow's errors while opening or decoding ``source`` as one ImageDecodeError naming it."""
+    try:
+        yield
     except ImageDecodeError:
         raise
     except FileNotFoundError as exc:
@@ -139,8 +155,10 @@ def decode_image(source: Any, max_side: int | None = None, draft: bool = False) 
     """
     if isinstance(source, np.ndarray):
         return _shrunk(array_to_rgb(source), max_side)
-    with DECODING.hold(_pixels(source)):  # large images decode a few at a time (operators/_pixel_budget.py)
-        img = open_image(source, max_side if draft else None)
+    img = open_image(source, max_side if draft else None, load=False)  # the header: its size
+    held = 0 if isinstance(source, Image.Image) else img.width * img.height  # a PIL image is decoded already
+    with DECODING.hold(held):  # large images decode a few at a time (operators/_pixel_budget.py)
+        load_image(img, source)
         try:
             return pil_to_rgb(img, max_side)
         except (OSError, ValueError) as exc:
@@ -163,21 +181,6 @@ def _shrunk(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     if max_side is None or max(height, width) <= max_side:
         return rgb
     return np.asarray(_shrunk_image(Image.fromarray(rgb), max_side))
-
-
-def _pixels(source: Any) -> int:
-    """The pixels an image will decode to, read from its header (0 when that cannot be told:
-    the decode itself then says what is wrong)."""
-    try:
-        if isinstance(source, (str, os.PathLike)) and not is_remote(source):
-            with Image.open(Path(local_path(source))) as img:
-                return img.width * img.height
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            with Image.open(io.BytesIO(bytes(source))) as img:
-                return img.width * img.height
-    except Exception:  # noqa: BLE001 - not an image, not there: open_image names the problem
-        return 0
-    return 0  # a PIL image is decoded already; a remote file is read once, by open_image
 
 
 class ImageDecode(Operator):

@@ -93,7 +93,11 @@ class _Named:
             except EmbedflowError:
                 raise
             except Exception as exc:
-                msg = f"{self._url!r}: reading failed after {self._file.tell()} bytes: {type(exc).__name__}: {exc}"
+                try:
+                    where = f" after {self._file.tell()} bytes"
+                except Exception:  # noqa: BLE001 - a broken file may not tell either
+                    where = ""
+                msg = f"{self._url!r}: reading failed{where}: {type(exc).__name__}: {exc}"
                 raise EmbedflowError(msg) from exc
 
         return reading

@@ -171,20 +171,20 @@ def test_large_images_decode_a_few_at_a_time_within_the_pixel_budget(tmp_path, m
         Image.fromarray(np.full((10, 10, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
     active, most, lock = [0], [0], threading.Lock()
-    opened = image_decode.open_image
+    loaded = image_decode.load_image
 
-    def slow_open(*args, **kwargs):
+    def slow_load(*args, **kwargs):
         with lock:
             active[0] += 1
             most[0] = max(most[0], active[0])
         time.sleep(0.05)
         try:
-            return opened(*args, **kwargs)
+            return loaded(*args, **kwargs)
         finally:
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(image_decode, "open_image", slow_open)
+    monkeypatch.setattr(image_decode, "load_image", slow_load)
     threads = [threading.Thread(target=image_decode.decode_image, args=(p,)) for p in paths]
     for t in threads:
         t.start()
