@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -155,8 +156,6 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     >>> str(caught[0].message), caught[0].filename.endswith(".py") or caught[0].filename.startswith("<doctest")
     ('careful', True)
     """
-    import warnings
-
     frame, level = sys._getframe(1), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
