@@ -108,9 +108,11 @@ def _one_jpeg(data: Any, device: str) -> Any:
         return None  # the CPU path decodes it, or names the error
 
 
-def to_pixels(images: list[Any], config: dict[str, Any]) -> Any:
+def to_pixels(images: list[Any], config: dict[str, Any], scale: tuple[Any, Any] | None = None) -> Any:
     """timm's eval transform on tensors, on their device: resize the shorter side to
-    ``size / crop_pct`` (antialiased), centre crop, scale to [0, 1], normalise."""
+    ``size / crop_pct`` (antialiased), centre crop, scale to [0, 1], normalise — by ``scale``
+    (``(mean, std)`` tensors on the device, from :func:`.._pixels.pixel_scale`, made once) when
+    given, else by the config's numbers."""
     import torch
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as tf
@@ -119,10 +121,12 @@ def to_pixels(images: list[Any], config: dict[str, Any]) -> Any:
         msg = f"decode='device' does timm's centre crop; this model's transform uses crop_mode={config['crop_mode']!r}: use decode='cpu'"
         raise ValueError(msg)
     height, width = config["input_size"][1:]
-    scale = math.floor(min(height, width) / config.get("crop_pct", 1.0))
+    side = math.floor(min(height, width) / config.get("crop_pct", 1.0))
     mode = InterpolationMode.BICUBIC if config.get("interpolation") == "bicubic" else InterpolationMode.BILINEAR
-    crops = [tf.center_crop(_resize(img, scale, mode), [height, width]) for img in images]
+    crops = [tf.center_crop(_resize(img, side, mode), [height, width]) for img in images]
     batch = torch.stack(crops).float().clamp_(0, 255).div_(255)
+    if scale is not None:
+        return batch.sub_(scale[0]).div_(scale[1])
     return tf.normalize(batch, list(config["mean"]), list(config["std"]))
 
 

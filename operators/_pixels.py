@@ -10,7 +10,7 @@ normalises it. The values equal timm's eval transform (``Resize``, ``CenterCrop`
 >>> crop, mean, std = split_transform(full)
 >>> from PIL import Image
 >>> img = Image.fromarray(np.arange(300, dtype=np.uint8).reshape(10, 10, 3))
->>> batch = normalize_batch(torch.from_numpy(np.stack([np.asarray(crop(img))])), mean, std)
+>>> batch = normalize_batch(torch.from_numpy(np.stack([np.asarray(crop(img))])), *pixel_scale(mean, std, "cpu"))
 >>> bool(torch.equal(batch[0], full(img)))
 True
 """
@@ -37,12 +37,20 @@ def split_transform(transform: Any) -> tuple[Any, tuple[float, ...], tuple[float
     return T.Compose(steps[:-2]), mean, std
 
 
-def normalize_batch(batch: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
-    """A uint8 NHWC batch as float NCHW (channels-last in memory), scaled to [0, 1] and
-    normalised, on the batch's device."""
+def pixel_scale(mean: tuple[float, ...], std: tuple[float, ...], device: str) -> tuple[Any, Any]:
+    """``mean`` and ``std`` as ``(1, C, 1, 1)`` float tensors on ``device``, built once at setup:
+    a tensor made from Python numbers inside ``forward`` is a synchronous host-to-device copy
+    per batch, which a CUDA graph cannot record (tests/test_capture_safety.py)."""
     import torch
 
+    return (
+        torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+        torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+    )
+
+
+def normalize_batch(batch: Any, mean: Any, std: Any) -> Any:
+    """A uint8 NHWC batch as float NCHW (channels-last in memory), scaled to [0, 1] and
+    normalised, on the batch's device; ``mean``/``std`` from :func:`pixel_scale` (on that device)."""
     pixels = batch.permute(0, 3, 1, 2).float().div_(255)
-    m = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
-    return pixels.sub_(m).div_(s)
+    return pixels.sub_(mean).div_(std)

@@ -8,13 +8,16 @@ records those launches once per input shape and replays them with one call.
 
 :class:`GraphRunner` does that for an operator that says its ``forward`` can be recorded
 (``cuda_graphs = True``: the same shapes give the same kernels, and nothing reads a value
-back to the CPU). Per batch signature (the shapes and dtypes of its tensors) it records a
-graph the first time, checks the graph's output against ``forward`` run as usual on that
+back to the CPU). Per batch signature (the shapes and dtypes of its tensors) it runs the forward
+once as usual under :mod:`.capture_probe` (a forward that lifts host data, reads a value back or
+computes a data-dependent shape is never recorded: graphs turn off with one warning naming the
+operations), records a graph, checks the graph's output against ``forward`` run as usual on that
 batch (cosine >= 0.999 per row for floats, equal otherwise) and from then on copies each
 batch into the graph's input buffers and replays it. It stops recording after
 ``MAX_GRAPHS`` signatures (later shapes run as usual). A signature whose recording runs out
 of memory runs as usual; if recording fails otherwise or a graph's output differs, it warns
-once and runs every batch as usual from then on.
+once and runs every batch as usual from then on — and the thread is back on the stream it
+was on (``torch.cuda.graph`` leaves it on the recording stream when ``capture_end`` raises).
 
 Each replay's outputs are copied out of the graph's buffers on the stream right after it (a
 later replay cannot overwrite them), and replays of one runner are serialised by a lock (two
@@ -35,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import user_stacklevel
+from .capture_probe import DATA_SHAPES, HOST_DATA, READ_BACK, probed
 from .devices import map_tensors
 
 MAX_GRAPHS = 64  # signatures recorded per replica (text: widths in steps of 8, a few batch sizes)
@@ -94,6 +98,20 @@ def same_output(expected: Any, got: Any) -> bool:
     return True
 
 
+def _hazard_text(hazards: list[str]) -> str:
+    """What :func:`.capture_probe.probed` found, said for a user.
+
+    >>> _hazard_text(["is_nonzero", "lift_fresh"])
+    'reads a value back to the CPU (is_nonzero) and lifts host data to the device (lift_fresh)'
+    """
+    kinds = [
+        ("reads a value back to the CPU", [h for h in hazards if h in READ_BACK]),
+        ("lifts host data to the device", [h for h in hazards if h in HOST_DATA]),
+        ("computes data-dependent shapes", [h for h in hazards if h in DATA_SHAPES or "boolean" in h]),
+    ]
+    return " and ".join(f"{what} ({', '.join(ops)})" for what, ops in kinds if ops)
+
+
 class _Graph:
     """One recorded forward: its input buffers, the graph and its output buffers."""
 
@@ -136,7 +154,11 @@ class GraphRunner:
 
     def _record(self, key: Any, batch: Any) -> Any:
         """The first batch of a signature: run as usual, record a graph, check its replay."""
-        expected = self.forward(batch)  # also the warm-up the recording needs (lazy inits, cuBLAS handles)
+        # also the warm-up the recording needs (lazy inits, cuBLAS handles), watched for what a graph cannot hold
+        expected, hazards = probed(self.forward, batch)
+        if hazards:
+            self._turn_off(f"its forward {_hazard_text(hazards)}, which a CUDA graph cannot record")
+            return expected
         try:
             recorded = self._capture(map_tensors(batch, lambda t: t.clone()))
             got = recorded.replay(batch)
@@ -163,9 +185,14 @@ class GraphRunner:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             self.forward(inputs)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        with torch.cuda.graph(graph, pool=self.pool, stream=side, capture_error_mode="thread_local"):
-            outputs = self.forward(inputs)
+        prior = torch.cuda.current_stream(self.device)
+        prior.wait_stream(side)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, stream=side, capture_error_mode="thread_local"):
+                outputs = self.forward(inputs)
+        finally:  # torch.cuda.graph's exit leaves this thread on the side stream when capture_end raises
+            if torch.cuda.current_stream(self.device) != prior:
+                torch.cuda.set_stream(prior)
         self.pool = graph.pool()
         return _Graph(inputs, graph, outputs)
 

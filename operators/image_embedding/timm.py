@@ -22,7 +22,7 @@ from embedflow.models import locate_model, resolve_model, served_models
 from .._device_decode import Encoded, decode_on, read_encoded, to_pixels
 from .._layers import POOLS, LayerCatcher, pool_output
 from .._onnx import Session, cache_key, check_backend, check_export, choose_backend, export_declined, export_module, exported, files_of
-from .._pixels import normalize_batch, split_transform
+from .._pixels import normalize_batch, pixel_scale, split_transform
 from ..image_decode import decode_image
 
 DECODE_SIDE_PER_INPUT = 8  # the longest side decoded, per pixel of the model's input side
@@ -152,6 +152,8 @@ class TimmImageEmbedding(Operator):
             model = model.to(memory_format=torch.channels_last)
         self.model = model.to(device).eval()
         self._transforms(resolve_data_config({}, model=model), device)
+        mean, std = self.uint8[1:] if self.uint8 is not None else (tuple(self.config["mean"]), tuple(self.config["std"]))
+        self.scale = pixel_scale(mean, std, device)  # made once, on the device: forward lifts no host data
         self.weights_dtype: Any = None  # set by cast_weights
         if self.layer is not None:
             self.catch = LayerCatcher(self.model, self.layer)
@@ -275,13 +277,13 @@ class TimmImageEmbedding(Operator):
         import torch
 
         if isinstance(batch, Encoded):  # decode, resize, crop, normalise here, on the device
-            batch = to_pixels(decode_on(batch.items, self.device), self.config)
+            batch = to_pixels(decode_on(batch.items, self.device), self.config, self.scale)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             if self.backend_used == "onnx":
                 batch = batch.cpu()
         elif self.uint8 is not None and batch.dtype == torch.uint8:
-            batch = normalize_batch(batch, *self.uint8[1:])  # NHWC in memory: channels-last already
+            batch = normalize_batch(batch, *self.scale)  # NHWC in memory: channels-last already
             if not self.channels_last:
                 batch = batch.contiguous()
         if self.weights_dtype is not None:

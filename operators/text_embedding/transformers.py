@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -36,6 +35,7 @@ from .._onnx import (
 )
 from ..quantize import check_precision
 from ..quantize import quantize as quantize_vectors
+from ._encoder import hidden_states_module, sdpa_mask
 from ._tokens import Tokens
 
 # Model families for which ONNX Runtime was measured faster than torch on the CPU at parity
@@ -177,16 +177,39 @@ class TransformersTextEmbedding(Operator):
         )
         self.model = model.to(device).eval()
         self._tokenize_with(tokenizer, source, model.config, device)
-        self.encoder = _hidden_states_module()(self.model, self.layer).eval()
+        self.encoder = hidden_states_module()(self.model, self.layer).eval()
         backend = "onnx" if self.quantize_weights else self.backend  # int8 weights exist only on ONNX Runtime
         self.backend_used = choose_backend(backend, device, measured=model.config.model_type in ONNX_MEASURED)
         if self.backend_used == "onnx":
             self.session = self._onnx_session(source, backend)
             if self.session is None:  # a short run (the export would not pay off), or no writable cache
                 self.backend_used = "torch"
-        # no value read back to the CPU in forward (transformers skips its mask check while a
-        # CUDA graph is recorded), so the engine may replay it from graphs
+        # the padding mask passed as SDPA's own 4-D mask where that gives the same values: transformers
+        # then skips its `padding_mask.all()` check (a read back to the CPU, one device wait per batch)
+        self.mask_4d = self.backend_used == "torch" and self._sdpa_mask_agrees(device)
+        # nothing read back to the CPU in forward: the engine may replay it from CUDA graphs
         self.cuda_graphs = self.backend_used == "torch"
+
+    def _sdpa_mask_agrees(self, device: str) -> bool:
+        """Whether this model, run with the 4-D boolean mask SDPA takes, gives what it gives
+        with the usual 2-D padding mask (checked once on a padded batch): true for encoders on
+        SDPA; a decoder (whose causal mask a 4-D mask would replace) or another attention
+        implementation keeps the 2-D mask."""
+        import torch
+
+        if getattr(self.model.config, "_attn_implementation", None) != "sdpa":
+            return False
+        batch = self.collate(self.preprocess_batch([("a short text",), ("a text that is quite a bit longer than the first one",)]))
+        batch = {k: v.to(device) for k, v in batch.items()}
+        mask = batch["attention_mask"]
+        with torch.inference_mode():
+            usual = self.encoder(**batch)
+            try:
+                given = self.encoder(**{**batch, "attention_mask": sdpa_mask(mask)})
+            except Exception:  # noqa: BLE001 - a model that refuses a 4-D mask keeps the 2-D one
+                return False
+        real = mask.bool()
+        return usual.shape == given.shape and bool(torch.allclose(usual[real], given[real], atol=1e-4, rtol=1e-3))
 
     def setup_preprocess(self, device: str) -> None:
         """Only what ``preprocess`` needs — the tokenizer and the model's config, no weights —
@@ -316,6 +339,8 @@ class TransformersTextEmbedding(Operator):
 
         if self.backend_used == "onnx":
             hidden = torch.from_numpy(self.session({k: batch[k].numpy() for k in self.input_names})[0])
+        elif self.mask_4d:
+            hidden = self.encoder(**{**batch, "attention_mask": sdpa_mask(batch["attention_mask"])})
         else:
             hidden = self.encoder(**batch)
         mask = batch["attention_mask"]
@@ -351,30 +376,3 @@ class TransformersTextEmbedding(Operator):
         if self.normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
         return vectors
-
-
-@functools.cache
-def _hidden_states_module() -> type:
-    """A module returning the hidden state a step pools (defined once torch is imported)."""
-    import torch
-
-    class HiddenStates(torch.nn.Module):
-        """The hidden state a step pools: the last one, or ``layer``'s."""
-
-        def __init__(self, model: Any, layer: int | None):
-            super().__init__()
-            self.model, self.layer = model, layer
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                inputs["token_type_ids"] = token_type_ids
-            if self.layer is None:
-                return self.model(**inputs).last_hidden_state
-            states = self.model(**inputs, output_hidden_states=True).hidden_states
-            if not -len(states) <= self.layer < len(states):
-                msg = f"text_embedding.transformers: layer={self.layer} but this model has {len(states)} hidden states (0 .. {len(states) - 1}, or -1 .. -{len(states)})"
-                raise ValueError(msg)
-            return states[self.layer]
-
-    return HiddenStates

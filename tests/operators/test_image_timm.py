@@ -150,7 +150,7 @@ def test_cpu_decoded_batches_travel_as_uint8_and_normalise_to_timms_values(sampl
     op = cached(chain.plan.steps[0])["cpu"]
     batch = op.collate([op.preprocess(str(p)) for p in sample_images[:3]])
     assert batch.dtype == torch.uint8 and tuple(batch.shape) == (3, 224, 224, 3)
-    pixels = normalize_batch(batch, *op.uint8[1:])
+    pixels = normalize_batch(batch, *op.scale)
     expected = torch.stack([op.transform(Image.open(p).convert("RGB")) for p in sample_images[:3]])
     assert torch.equal(pixels, expected)
     assert pixels.is_contiguous(memory_format=torch.channels_last)
