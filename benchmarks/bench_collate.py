@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report, table
 
-from embedflow_operators.text_embedding.transformers import TransformersTextEmbedding
+from embedflow_operators.text_embedding._tokens import Tokens
 
 
 def lists_collate(items, pad_id=0):
@@ -38,14 +38,14 @@ def main() -> int:
     items = []
     for _ in range(1024):
         ids = [rng.randint(0, 30000) for _ in range(rng.randint(8, 64))]
-        items.append({"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)})
-    op = TransformersTextEmbedding.__new__(TransformersTextEmbedding)  # collate needs only these two
-    op.pad_id, op.pad_multiple = 0, 1
+        items.append({"input_ids": ids, "token_type_ids": [0] * len(ids)})
+    tokens = Tokens(None, 512, ["input_ids", "attention_mask", "token_type_ids"], pad_id=0)  # the operator's collate
+    with_masks = [{**it, "attention_mask": [1] * len(it["input_ids"])} for it in items]
     rows = []
     for size in (32, 1024):
-        batch = items[:size]
-        assert all(torch.equal(op.collate(batch)[k], lists_collate(batch)[k]) for k in batch[0])
-        old, new = rate(lists_collate, batch), rate(op.collate, batch)
+        batch, masked = items[:size], with_masks[:size]
+        assert all(torch.equal(tokens.collate(batch)[k], lists_collate(masked)[k]) for k in masked[0])
+        old, new = rate(lists_collate, masked), rate(tokens.collate, batch)
         rows.append([str(size), f"{old:,.0f}", f"{new:,.0f}", f"{new / old:.2f}"])
     report("Text collate: numpy vs Python lists", table(["batch", "lists items/s", "numpy items/s", "×"], rows), ["2 s per measurement"])
     return 0

@@ -250,7 +250,7 @@ class TransformersTextEmbedding(Operator):
             self.input_names,
             pad_id=int(tokenizer.pad_token_id),
             prompt=self.prompt,
-            pad_multiple=8 if device.startswith("cuda") else 1,
+            bucketed=device.startswith("cuda"),
             tokenizer=tokenizer,
             counts=self.run_counts,
         )
@@ -329,6 +329,11 @@ class TransformersTextEmbedding(Operator):
 
     def sort_key(self, item: dict[str, list[int]]) -> int:
         return len(item["input_ids"])
+
+    def padded_size(self, size: int) -> int:
+        """The width a batch whose longest item has ``size`` tokens is padded to (on a GPU a
+        few bucketed widths: see ``_tokens.bucket_width``); the engine cuts batches by it."""
+        return self.tokens.padded(size)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Padded on the right to the longest text (a multiple of 8 on a GPU), with the mask."""
