@@ -64,16 +64,14 @@ def decode_on(items: list[tuple[str, Any]], device: str) -> list[Any]:
     if jpegs:
         datas = [torch.frombuffer(bytearray(items[i][1]), dtype=torch.uint8) for i in jpegs]
         fence(device)
-        try:
-            with warnings.catch_warnings():  # torchvision 0.29 points at torchcodec; the decoder itself is what we want
-                warnings.filterwarnings(
-                    "ignore", message=".*image decoding and encoding capabilities of TorchVision are deprecated", category=DeprecationWarning
-                )
+        with warnings.catch_warnings():  # torchvision 0.29 points at torchcodec; the decoder itself is what we want
+            warnings.filterwarnings(
+                "ignore", message=".*image decoding and encoding capabilities of TorchVision are deprecated", category=DeprecationWarning
+            )
+            try:
                 decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-        except RuntimeError:  # one file it cannot read fails the call: the others one by one
-            decoded = [_one_jpeg(d, device) for d in datas]
-        finally:
-            fence(device)
+            except RuntimeError:  # one file it cannot read fails the call: the others one by one
+                decoded = [_one_jpeg(d, device) for d in datas]
         for i, tensor in zip(jpegs, decoded):
             out[i] = tensor
     for i, (label, data) in enumerate(items):
@@ -87,16 +85,19 @@ def decode_on(items: list[tuple[str, Any]], device: str) -> list[Any]:
 
 
 def fence(device: str) -> None:
-    """On CUDA, wait until the device has done all the work queued so far. nvJPEG writes on
-    torchvision's own stream, into memory the caching allocator hands out for the current
-    stream: without a fence before the call, it can overwrite a buffer that queued work (the
-    previous batch's copy back, launched but not finished) still reads — seen on an H200 as
-    wrong vectors (min cosine 0.76 against the PIL path); after the call, so nothing reads a
-    picture before it is written. Costs the overlap of decode with the previous batch only."""
+    """On CUDA, wait until the work queued on this thread's current stream is done. nvJPEG
+    (torchvision's ``decode_jpegs_cuda``) writes on its own stream into memory allocated for the
+    current stream, without waiting for it: a block the allocator hands back while queued work
+    still reads it would be overwritten — seen on an H200 as wrong vectors (min cosine 0.76
+    against the PIL path). Afterwards torchvision makes the current stream wait for its own
+    (an event, on the GPU), so nothing reads a picture before it is written. The engine decodes
+    on a stream of its own in a thread of its own (``prepare_on_device``): this waits for that
+    stream's previous resize only, never for the model's work, and no device-wide synchronize
+    is left on the hot path."""
     if device.startswith("cuda"):
         import torch
 
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
 
 
 def _one_jpeg(data: Any, device: str) -> Any:

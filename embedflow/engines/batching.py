@@ -39,6 +39,12 @@ from .devices import autocast, check_finite, free_device_cache, is_device_error,
 from .failures import FailureLog
 from .preprocess import Raised, preprocess_items
 from .steps import SKIPPED, Chunk, Guard
+from .transfer import Staged
+from .transfer import back_to_cpu as _back_to_cpu
+from .transfer import copy_stream as _copy_stream
+from .transfer import owned as _owned
+from .transfer import staged_batch as _staged_batch
+from .transfer import to_device as _to_device
 
 T = TypeVar("T")
 Prepared = tuple[int, Any, Any, int]  # (source row number, row, prepared item, size)
@@ -122,6 +128,7 @@ class Replica:
     non_blocking: bool = False  # copies to the device may overlap compute (pinned memory)
     copy_stream: Any = None  # CUDA: the stream batches are copied on, beside the compute
     graphs: GraphRunner | None = None  # CUDA: forward replayed from CUDA graphs (:mod:`.cuda_graphs`)
+    stage_stream: Any = None  # CUDA, an operator with prepare_on_device: the stream it runs on (its own thread)
 
 
 @dataclass
@@ -147,13 +154,14 @@ def make_replica(device: str, op: Operator, dtype: str | None, non_blocking: boo
     wanted = precision(device, dtype)
     stream = _copy_stream(device) if non_blocking else None
     graphs = runner_for(op, device, label or type(op).__name__)
+    staging = _copy_stream(device) if callable(getattr(op, "prepare_on_device", None)) else None
     cast = getattr(op, "cast_weights", None)
     if wanted != "fp32" and cast is not None:
         import torch
 
         if cast(torch.float16 if wanted == "fp16" else torch.bfloat16):
-            return Replica(device, op, contextlib.nullcontext, non_blocking, stream, graphs)
-    return Replica(device, op, autocast(device, dtype), non_blocking, stream, graphs)
+            return Replica(device, op, contextlib.nullcontext, non_blocking, stream, graphs, staging)
+    return Replica(device, op, autocast(device, dtype), non_blocking, stream, graphs, staging)
 
 
 class ModelBatcher:
@@ -220,14 +228,35 @@ class ModelBatcher:
         """One batch on the replica's device, start to end: ``n`` postprocessed results."""
         return self.finish(replica, *self.launch(replica, collated), n)
 
-    def launch(self, replica: Replica, collated: Any) -> tuple[Any, Any]:
-        """Move a batch to the device, ``forward`` it under ``inference_mode`` and autocast and
-        start the copy back: ``(output, event)`` — on CUDA the output lands in pinned memory
-        when ``event`` is done, elsewhere it is there already (``event`` None)."""
+    def stage(self, replica: Replica, collated: Any) -> Staged:
+        """A batch moved to the device and through the operator's ``prepare_on_device`` (decode
+        and resize images there), for an engine that runs this in a thread of its own: on CUDA
+        on the replica's staging stream, with an event the forward waits for on the GPU — the
+        forward thread never waits for the decode."""
+        import torch
+
+        prepare = replica.op.prepare_on_device  # type: ignore[attr-defined]
+        if replica.stage_stream is None:
+            with torch.inference_mode():
+                return Staged(prepare(move(collated, replica.device, non_blocking=replica.non_blocking)), None)
+        with torch.inference_mode(), torch.cuda.stream(replica.stage_stream):
+            batch = prepare(move(collated, replica.device, non_blocking=True))
+            event = torch.cuda.Event()
+            event.record(replica.stage_stream)
+        return Staged(batch, event)
+
+    def launch(self, replica: Replica, collated: Any, staged: Staged | None = None) -> tuple[Any, Any]:
+        """Move a batch to the device (and through ``prepare_on_device``; or take it
+        :meth:`stage`d), ``forward`` it under ``inference_mode`` and autocast and start the copy
+        back: ``(output, event)`` — on CUDA the output lands in pinned memory when ``event`` is
+        done, elsewhere it is there already (``event`` None)."""
         import torch
 
         with torch.inference_mode(), replica.autocast():
-            output = (replica.graphs or replica.op.forward)(_to_device(replica, collated))
+            batch = _staged_batch(replica, staged) if staged is not None else _to_device(replica, collated)
+            if staged is None and callable(getattr(replica.op, "prepare_on_device", None)):
+                batch = replica.op.prepare_on_device(batch)  # type: ignore[attr-defined]
+            output = (replica.graphs or replica.op.forward)(batch)
             if not replica.device.startswith("cuda"):
                 return move(output, "cpu"), None
             output = map_tensors(output, _back_to_cpu)
@@ -239,6 +268,7 @@ class ModelBatcher:
         """Wait for a launched batch's output, check it, ``postprocess`` it to ``n`` results."""
         if event is not None:
             event.synchronize()
+            output = _owned(output)  # results must not be views of the pinned buffers of the copy back
         check_finite(output, self.step.label)
         results = replica.op.postprocess(output)
         if len(results) != n:
@@ -246,10 +276,13 @@ class ModelBatcher:
             raise EmbedflowError(msg)
         return results
 
-    def begin(self, replica: Replica, group: list[Prepared], collated: Any) -> InFlight:
-        """Launch a batch; a launch that fails is noted for :meth:`complete` to retry."""
+    def begin(self, replica: Replica, group: list[Prepared], collated: Any, staged: Staged | Raised | None = None) -> InFlight:
+        """Launch a batch (``staged``: already through :meth:`stage`, or the error that raised);
+        a launch that fails is noted for :meth:`complete` to retry."""
         try:
-            output, event = self.launch(replica, collated)
+            if isinstance(staged, Raised):
+                raise staged.error
+            output, event = self.launch(replica, collated, staged)
         except EmbedflowError:
             raise
         except Exception as exc:  # noqa: BLE001 - isolate the bad item, keep the good ones
@@ -345,46 +378,6 @@ class ModelBatcher:
         return [n for n, _ in kept], [out for _, out in kept]
 
 
-def _copy_stream(device: str) -> Any:
-    """A CUDA stream for the batches' copies to ``device`` (None elsewhere)."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    return torch.cuda.Stream(device)
-
-
 def _retry_kind(exc: Exception) -> str:
     """How a failed batch is run again: in ``halves`` after running out of memory, else by ``items``."""
     return "halves" if type(exc).__name__ == "OutOfMemoryError" else "items"
-
-
-def _back_to_cpu(t: Any) -> Any:
-    """A device tensor's copy to pinned CPU memory, started; fp16/bf16 made fp32 on the device
-    first (free there, while on the CPU the conversion is torch's threaded work beside the
-    pipeline's threads)."""
-    import torch
-
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.float()
-    return t.to("cpu", non_blocking=True)
-
-
-def _to_device(replica: Replica, collated: Any) -> Any:
-    """The batch on the replica's device; on CUDA copied on the replica's copy stream, so the
-    copy overlaps the compute of the batch before it."""
-    if replica.copy_stream is None:
-        return move(collated, replica.device, non_blocking=replica.non_blocking)
-    import torch
-
-    with torch.cuda.stream(replica.copy_stream):
-        moved = move(collated, replica.device, non_blocking=True)
-    compute = torch.cuda.current_stream(replica.device)
-    compute.wait_stream(replica.copy_stream)
-
-    def owned_by_compute(t: Any) -> Any:  # its memory is not reused before the compute is done
-        if t.device.type == "cuda":
-            t.record_stream(compute)
-        return t
-
-    return map_tensors(moved, owned_by_compute)

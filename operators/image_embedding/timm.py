@@ -164,7 +164,7 @@ class TimmImageEmbedding(Operator):
             if self.session is None:  # a short run (the export would not pay off), or no writable cache
                 self.backend_used = "torch"
         # pixels in, vectors out, nothing read back to the CPU: the engine may replay the model from
-        # CUDA graphs (a batch still to be decoded on the device is not a graph's input: run as usual)
+        # CUDA graphs (images decoded on the device arrive as pixels: prepare_on_device runs before)
         self.cuda_graphs = self.backend_used == "torch"
 
     def _weights(self) -> tuple[bool, Any]:
@@ -273,15 +273,24 @@ class TimmImageEmbedding(Operator):
         batch = torch.stack(items)
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
+    def prepare_on_device(self, batch: Any) -> Any:
+        """A batch of still encoded images (``decode="device"``) decoded, resized, cropped and
+        normalised on the device; other batches as they are. The engine runs this in a thread
+        and on a stream of its own, so ``forward`` takes pixels (and CUDA graphs can hold it)."""
+        import torch
+
+        if not isinstance(batch, Encoded):
+            return batch
+        pixels = to_pixels(decode_on(batch.items, self.device), self.config, self.scale)
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return pixels.cpu() if self.backend_used == "onnx" else pixels
+
     def forward(self, batch: Any) -> Any:
         import torch
 
-        if isinstance(batch, Encoded):  # decode, resize, crop, normalise here, on the device
-            batch = to_pixels(decode_on(batch.items, self.device), self.config, self.scale)
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            if self.backend_used == "onnx":
-                batch = batch.cpu()
+        if isinstance(batch, Encoded):  # called directly, not through the engine
+            batch = self.prepare_on_device(batch)
         elif self.uint8 is not None and batch.dtype == torch.uint8:
             batch = normalize_batch(batch, *self.scale)  # NHWC in memory: channels-last already
             if not self.channels_last:

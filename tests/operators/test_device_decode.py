@@ -49,16 +49,24 @@ def test_auto_decodes_on_the_cpu_here_and_a_wrong_value_is_refused():
         ef.dc([1]).image_embedding.timm(model_name="resnet18", decode="gpu")
 
 
-def test_the_gpu_decoder_is_fenced_on_both_sides(sample_images, monkeypatch):
-    """nvJPEG writes on its own stream: the device must be idle before the call (no queued
-    work still reading memory it may be given) and after it (no picture read half-written)."""
+def test_the_gpu_decoder_waits_for_its_own_stream_only(sample_images, monkeypatch):
+    """nvJPEG writes on its own stream into memory of the current stream: that stream's queued
+    work must be done before the call (no block still read is written over); afterwards
+    torchvision orders the current stream after its own. Never a device-wide synchronize: that
+    would wait for the model's work too (issue 22)."""
     import torch
     import torchvision.io
 
     from embedflow_operators import _device_decode
 
     calls = []
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("sync", device)))
+
+    class Stream:
+        def synchronize(self):
+            calls.append("stream sync")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("device-wide sync"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
     real = torchvision.io.decode_jpeg
 
     def decode(data, **kwargs):
@@ -68,7 +76,7 @@ def test_the_gpu_decoder_is_fenced_on_both_sides(sample_images, monkeypatch):
     monkeypatch.setattr(torchvision.io, "decode_jpeg", decode)
     items = [_device_decode.read_encoded(str(p)) for p in sample_images[:3]]
     out = _device_decode.decode_on(items, "cuda:0")
-    assert calls == [("sync", "cuda:0"), ("decode", "cuda:0"), ("sync", "cuda:0")]
+    assert calls == ["stream sync", ("decode", "cuda:0")]
     assert [tuple(t.shape[:1]) for t in out] == [(3,)] * 3
     calls.clear()
     _device_decode.decode_on(items, "cpu")

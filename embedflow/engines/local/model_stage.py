@@ -7,6 +7,9 @@
                          prepares in processes: :mod:`..prepare_processes`)
           --> [batch]    waits for prepared items, fills a window, cuts and collates batches
                          (pinned memory for a GPU)
+          --> [stage]    per replica, for an operator with ``prepare_on_device`` (images decoded
+                         on the GPU): the batch to the device and through it, on a stream of its
+                         own, handed on with an event — the forward thread never waits for it
           --> [forward]  one thread per device replica, the next batch already prepared
           --> [collect]  a reorder buffer when order matters, else rows leave as they finish
           --> outbox
@@ -23,11 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...plan import ModelStage
-from ..batching import InFlight, ModelBatcher, Prepared, Replica
+from ..batching import InFlight, ModelBatcher, Prepared, Replica, Staged
 from ..devices import bind_device, pin
 from ..failures import FailureLog
 from ..prepare_processes import PreparePool, WorkerLost
-from ..preprocess import preprocess_items
+from ..preprocess import Raised, preprocess_items
 from ..stats import StageStats
 from ..steps import SKIPPED
 from .scheduler import END, Channel, Run
@@ -102,6 +105,9 @@ class ModelStageThreads:
         self.s_prep = run.stage_stats(f"{name} preprocess ({helpers})")
         self.s_prep.note = "busy summed over threads"
         self.s_batch = run.stage_stats(f"{name} batch+collate (batch_size={size}{', sorted' if stage.sorts else ''})")
+        self.staging = callable(getattr(replicas[0].op, "prepare_on_device", None))
+        self.staged = [run.channel(f"{name}/staged-{r.device}", PREFETCH_BATCHES) for r in replicas] if self.staging else []
+        self.s_stage = [run.stage_stats(f"{name} to the device [{r.device}]") for r in replicas] if self.staging else []
         self.s_fwd = [run.stage_stats(f"{name} forward [{r.device}{_backend(r)}]") for r in replicas]
         self.s_out = run.stage_stats(f"{name} {'reorder' if stage.ordered else 'collect (as finished)'}")
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"embedflow-{name}")
@@ -111,8 +117,11 @@ class ModelStageThreads:
         name = self.stage.step.label
         run.start(f"{name}-prepare", self.prepare_loop)
         run.start(f"{name}-batch", self.batch_loop)
-        for replica, stats in zip(self.replicas, self.s_fwd):
-            run.start(f"{name}-forward-{replica.device}", lambda r=replica, s=stats: self.forward_loop(r, s))
+        for i, (replica, stats) in enumerate(zip(self.replicas, self.s_fwd)):
+            source = self.staged[i] if self.staging else self.batches
+            if self.staging:
+                run.start(f"{name}-stage-{replica.device}", lambda r=replica, c=source, s=self.s_stage[i]: self.stage_loop(r, c, s))
+            run.start(f"{name}-forward-{replica.device}", lambda r=replica, c=source, s=stats: self.forward_loop(r, c, s))
         run.start(f"{name}-collect", self.collect_loop)
 
     # ---- prepare: rows to the pool, in order ---------------------------------------------
@@ -193,13 +202,12 @@ class ModelStageThreads:
         for _ in self.replicas:
             self.batches.finish()
 
-    # ---- forward: one thread per replica ---------------------------------------------------
-    def forward_loop(self, replica: Replica, stats: StageStats) -> None:
-        """On CUDA the next batch is launched before this one is finished (waited for and
-        postprocessed), so the device always has work queued; elsewhere one at a time."""
-        bind_device(replica.device)  # this thread's current CUDA device is its replica's
-        overlap = replica.device.startswith("cuda")
-        pending: tuple[list[int], InFlight] | None = None
+    # ---- stage: to the device and through prepare_on_device, one thread per replica ---------
+    def stage_loop(self, replica: Replica, out: Channel, stats: StageStats) -> None:
+        """Batches to ``replica``'s device and through the operator's ``prepare_on_device``, on
+        the replica's staging stream; an error travels on to the forward thread, which retries
+        the batch item by item there (to name or skip the bad row)."""
+        bind_device(replica.device)
         while True:
             entry = self.batches.get(stats)
             if entry is END:
@@ -207,8 +215,33 @@ class ModelStageThreads:
             group, collated = entry
             t0 = time.perf_counter()
             stats.items_in += len(group)
-            launched = ([seq for seq, _p in group], self.batcher.begin(replica, [p for _seq, p in group], collated))
-            del collated
+            staged: Staged | Raised
+            try:
+                staged = self.batcher.stage(replica, collated)
+            except Exception as exc:  # noqa: BLE001 - the forward thread retries the batch item by item
+                staged = Raised(exc)
+            stats.busy += time.perf_counter() - t0
+            stats.items_out += len(group)
+            if not out.put((group, collated, staged), stats):
+                return
+        out.finish()
+
+    # ---- forward: one thread per replica ---------------------------------------------------
+    def forward_loop(self, replica: Replica, source: Channel, stats: StageStats) -> None:
+        """On CUDA the next batch is launched before this one is finished (waited for and
+        postprocessed), so the device always has work queued; elsewhere one at a time."""
+        bind_device(replica.device)  # this thread's current CUDA device is its replica's
+        overlap = replica.device.startswith("cuda")
+        pending: tuple[list[int], InFlight] | None = None
+        while True:
+            entry = source.get(stats)
+            if entry is END:
+                break
+            group, collated, staged = entry if len(entry) == 3 else (*entry, None)
+            t0 = time.perf_counter()
+            stats.items_in += len(group)
+            launched = ([seq for seq, _p in group], self.batcher.begin(replica, [p for _seq, p in group], collated, staged))
+            del collated, staged
             if pending is not None:
                 self._complete(replica, *pending, stats)
             pending = launched
