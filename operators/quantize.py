@@ -54,7 +54,7 @@ def check_precision(op: str, precision: str, ranges: Any, calibration: Any) -> n
 def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = None) -> np.ndarray:
     """``vectors`` (n, dim) at ``precision``, as ``sentence_transformers.quantize_embeddings``."""
     if precision == "float32":
-        return vectors.astype(np.float32)
+        return vectors.astype(np.float32, copy=False)  # the engine hands over memory the results may own
     if precision in ("binary", "ubinary"):
         packed = np.packbits(vectors > 0, axis=-1)
         return (packed - 128).astype(np.int8) if precision == "binary" else packed

@@ -150,7 +150,8 @@ def test_an_operator_that_cannot_be_rebuilt_in_a_worker_is_prepared_in_threads()
 
 def test_how_many_processes_and_bad_values():
     assert process_count("auto", "cpu", 64) == 0 and process_count(None, "cuda:0", 64) == 0
-    assert process_count("auto", "cuda:0", 16) == 8 and process_count("auto", "cuda:0", 6) == 3 and process_count("auto", "cuda:0", 3) == 0
+    assert process_count("auto", "cuda:0", 16) == 14 and process_count("auto", "cuda:0", 6) == 4 and process_count("auto", "cuda:0", 3) == 0
+    assert process_count("auto", "cuda:0", 96) == 32  # capped
     assert process_count(3, "cpu") == 3
     with pytest.raises(ef.ParameterError, match="tokenizer_processes=-1 must be 0 \\(threads\\) or a number of processes"):
         ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, tokenizer_processes=-1)
@@ -190,6 +191,10 @@ def test_a_worker_that_dies_while_starting_leaves_the_work_to_threads():
 
 
 def test_a_worker_killed_mid_run_loses_no_row(sample_texts, monkeypatch):
+    from embedflow.engines.packing import Cut
+    from embedflow.plan import lowering
+
+    monkeypatch.setattr(lowering, "LOOKAHEAD_ITEMS", 8)  # sort windows of 16 rows: a worker gets several requests
     texts = sample_texts[:40]
     expected = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0, batch_size=4).to_numpy()
     chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, batch_size=4)
@@ -199,15 +204,15 @@ def test_a_worker_killed_mid_run_loses_no_row(sample_texts, monkeypatch):
     real = PreparePool.prepare
 
     def prepare_then_kill(self, inputs):
-        calls.append(len(inputs))
-        if len(calls) == 3:  # the third request of the run meets a worker killed under it
+        calls.append(len(inputs.inputs if isinstance(inputs, Cut) else inputs))
+        if len(calls) == 2:  # the second request of the run meets a worker killed under it
             os.kill(self.workers[0].process.pid, signal.SIGKILL)
             self.workers[0].process.wait()
         return real(self, inputs)
 
     monkeypatch.setattr(PreparePool, "prepare", prepare_then_kill)
     np.testing.assert_allclose(chain.to_numpy(), expected, atol=1e-6)
-    assert sum(calls) == 40 and len(calls) > 3 and pool.workers[0].process.poll() is None  # every row asked for once; replaced, alive
+    assert sum(calls) == 40 and len(calls) == 3 and pool.workers[0].process.poll() is None  # every row asked for once; replaced, alive
 
 
 def test_an_input_that_cannot_travel_is_prepared_here(sample_texts):

@@ -35,6 +35,7 @@ from ..operator import Operator
 from ..plan import ModelStage
 from ..rows import read_inputs, write_outputs
 from .cuda_graphs import GraphRunner, runner_for
+from .cutting import cut_window
 from .devices import autocast, check_finite, free_device_cache, is_device_error, map_tensors, move, precision
 from .failures import FailureLog
 from .preprocess import Raised, preprocess_items
@@ -48,40 +49,6 @@ from .transfer import to_device as _to_device
 
 T = TypeVar("T")
 Prepared = tuple[int, Any, Any, int]  # (source row number, row, prepared item, size)
-
-
-def cut_window(
-    items: list[T], batch_size: int, key: Callable[[T], int] | None = None, max_tokens: int | None = None, width: Callable[[int], int] | None = None
-) -> list[list[T]]:
-    """Batches for one window: sorted by ``key`` when given, at most ``batch_size`` items each
-    and, with ``max_tokens``, at most that many padded tokens (``len(batch) * max(key)``, or
-    ``len(batch) * width(max(key))`` when the batch is padded to a bucketed ``width``) — a
-    batch always holds at least one item.
-
-    >>> cut_window([3, 1, 2], batch_size=2)
-    [[3, 1], [2]]
-    >>> cut_window([9, 1, 1, 1], batch_size=4, key=lambda n: n, max_tokens=9)
-    [[1, 1, 1], [9]]
-    """
-    ordered = sorted(items, key=key) if key is not None else list(items)
-    batches: list[list[T]] = []
-    current: list[T] = []
-    longest = 0
-    for item in ordered:
-        size = key(item) if (key is not None and max_tokens is not None) else 0
-        if width is not None:
-            size = width(size)
-        widest = max(longest, size)
-        too_many = len(current) >= batch_size
-        too_wide = max_tokens is not None and current and widest * (len(current) + 1) > max_tokens
-        if current and (too_many or too_wide):
-            batches.append(current)
-            current, widest = [], size
-        current.append(item)
-        longest = widest
-    if current:
-        batches.append(current)
-    return batches
 
 
 GPU_BATCH_ROWS = (256, 128)  # default batch on a GPU: texts (sorted), other inputs (images)
@@ -188,6 +155,8 @@ class ModelBatcher:
 
     def inputs(self, rows: list[Any]) -> list[tuple[Any, ...] | Raised]:
         """Each row's input tuple for ``preprocess`` (a :class:`Raised` when a row lacks one)."""
+        if self.step.inputs is None:  # the row itself: nothing can be missing
+            return [(row,) for row in rows]
         out: list[tuple[Any, ...] | Raised] = []
         for row in rows:
             try:
@@ -311,6 +280,8 @@ class ModelBatcher:
                     return [self.guard.handle(group[0][0], group[0][1], exc)]
                 flight.retry = _retry_kind(exc)
             else:
+                if self.step.inputs is None:  # the result is the row
+                    return list(results)
                 return [write_outputs(row, self.step.inputs, self.step.outputs, r) for (_n, row, _i, _s), r in zip(group, results)]
         flight.output = flight.collated = flight.event = None  # the handler is left: the failed batch's tensors can go
         if flight.retry == "halves":
@@ -340,13 +311,29 @@ class ModelBatcher:
                 UserWarning,
                 stacklevel=user_stacklevel(),
             )
-        middle = len(group) // 2
+        middle, group = len(group) // 2, self._filled(group)
+        if any(isinstance(p[2], Raised) for p in group):  # cannot collate: name (or skip) the row
+            return self._one_by_one(replica, group)
         return [out for half in (group[:middle], group[middle:]) for out in self.forward(replica, half, self.collate(half))]
+
+    def _filled(self, group: list[Prepared]) -> list[Prepared]:
+        """``group`` with the items a worker process prepared and kept (its batch came back
+        collated: item None) prepared again here, for a retry; a failure stays as its Raised."""
+        missing = [i for i, p in enumerate(group) if p[2] is None]
+        if not missing:
+            return group
+        again = preprocess_items(self.op, self.inputs([group[i][1] for i in missing]))
+        filled = list(group)
+        for i, item in zip(missing, again):
+            filled[i] = (group[i][0], group[i][1], item, group[i][3])
+        return filled
 
     def _one_by_one(self, replica: Replica, group: list[Prepared]) -> list[Any]:
         out = []
-        for number, row, item, _size in group:
+        for number, row, item, _size in self._filled(group):
             try:
+                if isinstance(item, Raised):
+                    raise item.error
                 result = self.run(replica, self.op.collate([item]), 1)[0]
             except EmbedflowError:
                 raise

@@ -17,7 +17,7 @@ and its inputs prepared in this process — no row is lost. A pool lives as long
 operator it prepares for (a chain's loaded model) and ends with the program.
 
 >>> process_count("auto", "cuda:0", cores=16), process_count("auto", "cpu", cores=16), process_count(2, "cpu")
-(8, 0, 2)
+(14, 0, 2)
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from ..models import allowed_imports
 from ..operator import Operator
 from ..plan import Apply
 from .devices import cpu_count
+from .packing import Cut
 
-MAX_AUTO_PROCESSES = 8
+MAX_AUTO_PROCESSES = 32
 # each worker is one core: the libraries' own thread pools would only fight each other
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
 
@@ -51,9 +52,10 @@ class WorkerLost(RuntimeError):
 
 def process_count(wanted: int | str | None, device: str, cores: int | None = None) -> int:
     """Worker processes for an operator's ``preprocess_processes``: a number as given;
-    ``"auto"``: on a GPU half the cores, at most 8, when there are at least 4 (a GPU embeds
-    faster than one process's threads prepare), none on the CPU (the model needs the cores);
-    None: none."""
+    ``"auto"``: on a GPU all the cores but two (the main process's threads and the device's),
+    at most 32, when there are at least 4 — on an H200's 16 cores 8 processes tokenized 45,812
+    texts/s and 16 80,691/s, while the GPU embeds faster still; none on the CPU (the model needs
+    the cores); None: none."""
     if wanted is None or wanted == 0:
         return 0
     if wanted != "auto":
@@ -61,7 +63,7 @@ def process_count(wanted: int | str | None, device: str, cores: int | None = Non
     if not device.startswith("cuda"):
         return 0
     cores = cpu_count() if cores is None else cores
-    return min(MAX_AUTO_PROCESSES, cores // 2) if cores >= 4 else 0
+    return min(MAX_AUTO_PROCESSES, cores - 2) if cores >= 4 else 0
 
 
 def portable(step: Apply) -> bool:
@@ -150,10 +152,11 @@ class PreparePool:
         self.failed: str | None = None  # why the workers cannot serve, once they cannot
         self._finalizer = weakref.finalize(self, _close_all, self.workers)
 
-    def prepare(self, inputs: list[tuple[Any, ...]]) -> list[Any] | None:
-        """One item per input tuple (or a :class:`.preprocess.Raised`), from an idle worker;
-        None while no worker has started yet, when none could, or when the inputs cannot
-        travel to a process (an open file, a function): then prepare here."""
+    def prepare(self, inputs: list[tuple[Any, ...]] | Cut) -> Any:
+        """One item per input tuple (or a :class:`.preprocess.Raised`) — or, for a
+        :class:`.packing.Cut`, its :class:`.packing.Packed` batches — from an idle worker; None
+        while no worker has started yet, when none could, or when the inputs cannot travel to a
+        process (an open file, a function): then prepare here."""
         try:
             payload = pickle.dumps(inputs, protocol=5)
         except Exception:  # noqa: BLE001 - any input pickle refuses: this chunk is prepared here

@@ -3,8 +3,10 @@
 It reads, from its parent over a pipe: the step, the device, the modules the user allowed
 model factories from and the parent's ``sys.path``; builds the step's operator and calls
 ``setup_preprocess(device)``; then answers each list of input tuples with the prepared items
-(:func:`.preprocess.preprocess_items`) and the operator's ``run_counts`` since the last answer
-(or ``None`` and the reason when the items cannot be pickled), until the pipe closes.
+(:func:`.preprocess.preprocess_items`) — or each :class:`.packing.Cut` with its window's
+collated batches (:func:`.packing.prepare_batches`) — and the operator's ``run_counts`` since
+the last answer (or ``None`` and the reason when the answer cannot be pickled), until the pipe
+closes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from ..models import allow_import
 from ..plan import instantiate
+from .packing import Cut, prepare_batches
 from .preprocess import Raised, preprocess_items
 
 
@@ -67,8 +70,12 @@ def serve(read_fd: int, write_fd: int) -> None:
         answers.send_bytes(pickle.dumps((True, None)))
         counts = getattr(op, "run_counts", None)
         while True:
-            inputs = pickle.loads(requests.recv_bytes())
-            items = _portable(preprocess_items(op, inputs))
+            request = pickle.loads(requests.recv_bytes())
+            if isinstance(request, Cut):  # a window: prepared, cut and collated here
+                items: Any = prepare_batches(op, request)
+                items.errors = list(zip([i for i, _ in items.errors], _portable([e for _, e in items.errors])))
+            else:
+                items = _portable(preprocess_items(op, request))
             delta = dict(counts) if counts else {}
             if counts:
                 counts.clear()

@@ -23,12 +23,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...plan import ModelStage
 from ..batching import InFlight, ModelBatcher, Prepared, Replica, Staged
 from ..devices import bind_device, pin
 from ..failures import FailureLog
+from ..packing import Cut, Packed, unpacked
 from ..prepare_processes import PreparePool, WorkerLost
 from ..preprocess import Raised, preprocess_items
 from ..stats import StageStats
@@ -36,6 +38,20 @@ from ..steps import SKIPPED
 from .scheduler import END, Channel, Run
 
 PREFETCH_BATCHES = 2  # collated batches waiting for the device
+# worker processes cut and collate whole windows (packing.py); False: they send prepared rows back
+# (the way before issue 22, kept for benchmarks/bench_host.py to compare in one run)
+PACK_IN_WORKERS = True
+
+
+@dataclass
+class Batched:
+    """What a prepare task gives when a worker process cut and collated the rows: the rows
+    skipped under ``.safe()``, the batches ((seq, Prepared) groups, collated) and the rows whose
+    batch did not collate there (prepared here: (seq, Prepared))."""
+
+    skipped: list[int] = field(default_factory=list)
+    batches: list[tuple[list[tuple[int, Prepared]], Any]] = field(default_factory=list)
+    loose: list[tuple[int, Any]] = field(default_factory=list)
 
 
 class Reorder:
@@ -52,12 +68,14 @@ class Reorder:
 
     def add_many(self, pairs: Iterable[tuple[int, Any]]) -> list[Any]:
         """Store each value at its position; return every value now due, in order."""
-        for seq, value in pairs:
-            self.pending[seq] = value
+        pending = self.pending
+        pending.update(pairs)
         out = []
-        while self.next in self.pending:
-            out.append(self.pending.pop(self.next))
-            self.next += 1
+        nxt = self.next
+        while nxt in pending:
+            out.append(pending.pop(nxt))
+            nxt += 1
+        self.next = nxt
         return out
 
     def __len__(self) -> int:
@@ -94,7 +112,13 @@ class ModelStageThreads:
         # GPU pipeline near 100,000 items/s, and preprocess_batch (fast tokenizers) wants lists;
         # a worker process gets 64 at once (measured on an H200: 16 texts per call 30,508/s, 64: 45,812/s)
         self.task = min(64, size) if processes is not None else max(1, min(64, -(-size // workers)))
-        self.prepared = run.channel(f"{name}/prepared", -(-(min(stage.window, 4 * size) + size) // self.task))
+        in_flight = -(-(min(stage.window, 4 * size) + size) // self.task)
+        # with worker processes a task is a whole window, sorted, cut and collated there (packing.py):
+        # the main process then moves batches, not rows; one window per process in flight, and one more
+        self.packed = processes is not None and PACK_IN_WORKERS
+        if self.packed:
+            self.task, in_flight = stage.window, processes.processes + 1  # type: ignore[union-attr]
+        self.prepared = run.channel(f"{name}/prepared", in_flight)
         self.batches = run.channel(f"{name}/batches", PREFETCH_BATCHES * len(replicas))
         self.done = run.channel(f"{name}/done", 2 * len(replicas) + 2)
         helpers = (
@@ -125,37 +149,70 @@ class ModelStageThreads:
         run.start(f"{name}-collect", self.collect_loop)
 
     # ---- prepare: rows to the pool, in order ---------------------------------------------
-    def _prepare_task(self, numbers: list[int], rows: list[Any]) -> list[Any]:
+    def _prepare_task(self, first: int, numbers: list[int], rows: list[Any]) -> list[Any] | Batched:
+        """Prepared items for some rows (or, from worker processes, their batches: :class:`Batched`)."""
         t0 = time.perf_counter()
         try:
             if self.processes is None:
                 return self.batcher.prepare(numbers, rows)
             inputs = self.batcher.inputs(rows)
+            batcher = self.batcher
+            request = Cut(inputs, batcher.batch_size, batcher.max_tokens, batcher.sort_key is not None) if self.packed else inputs
             try:
-                items = self.processes.prepare(inputs)
+                items = self.processes.prepare(request)
             except WorkerLost:
                 items = None  # prepared here instead: no row is lost
+            if isinstance(items, Packed):
+                return self._batched(first, numbers, rows, items)
             if items is None:
                 items = preprocess_items(self.batcher.op, inputs)
             return self.batcher.sized(numbers, rows, items)
         finally:
             self.s_prep.busy += time.perf_counter() - t0
 
+    def _batched(self, first: int, numbers: list[int], rows: list[Any], packed: Packed) -> Batched:
+        """A worker's batches as the forward threads take them: (seq, Prepared) groups — the item
+        stays in the worker (None: a retry prepares it again here) — collated and pinned."""
+        out = Batched()
+        for i, raised in packed.errors:
+            self.batcher.guard.handle(numbers[i], rows[i], raised.error)  # raises, or the row is skipped
+            out.skipped.append(first + i)
+        if packed.unbatched:
+            out.loose = list(
+                zip(
+                    [first + i for i in packed.unbatched],
+                    self.batcher.prepare([numbers[i] for i in packed.unbatched], [rows[i] for i in packed.unbatched]),
+                )
+            )
+        for positions, collated in packed.batches:
+            group = [(first + i, (numbers[i], rows[i], None, 0)) for i in positions.tolist()]
+            collated = unpacked(collated)
+            out.batches.append((group, pin(collated) if self.pin_memory else collated))
+        return out
+
     def prepare_loop(self) -> None:
+        """Rows to the pool in tasks of ``task`` rows, in order; with worker processes a task is
+        a whole sort window, gathered over the source's chunks (the last one may be shorter)."""
         seq, task, stats = 0, self.task, self.s_prep
+        numbers: list[int] = []
+        rows: list[Any] = []
         try:
             while True:
                 chunk = self.inbox.get(stats)
-                if chunk is END:
-                    break
-                numbers, rows = list(chunk[0]), chunk[1]
-                stats.items_in += len(rows)
-                for start in range(0, len(rows), task):
-                    n, r = numbers[start : start + task], rows[start : start + task]
-                    if not self.prepared.put((seq, self.pool.submit(self._prepare_task, n, r)), stats):
+                end = chunk is END
+                if not end:
+                    numbers.extend(chunk[0])
+                    rows.extend(chunk[1])
+                    stats.items_in += len(chunk[1])
+                while rows and (len(rows) >= task or end or not self.packed):
+                    n, r = numbers[:task], rows[:task]
+                    del numbers[:task], rows[:task]
+                    if not self.prepared.put((seq, self.pool.submit(self._prepare_task, seq, n, r)), stats):
                         return
                     seq += len(r)
                     stats.items_out += len(r)
+                if end:
+                    break
             self.prepared.finish()
         finally:
             self.inbox.close()
@@ -185,18 +242,30 @@ class ModelStageThreads:
             t0 = time.perf_counter()
             results = future.result()
             stats.wait_in += time.perf_counter() - t0  # waiting for the pool is waiting for input
+            if isinstance(results, Batched):  # cut and collated in a worker process: sent on as they are
+                if results.skipped:
+                    self.done.put(_skipped(results.skipped), stats)
+                for group, collated in results.batches:
+                    stats.items_in += len(group)
+                    stats.items_out += len(group)
+                    self.batches.put((group, collated), stats)
+                items.extend(p for p in results.loose if p[1] is not SKIPPED)
+                if any(p[1] is SKIPPED for p in results.loose):
+                    self.done.put(_skipped([seq for seq, p in results.loose if p is SKIPPED]), stats)
+                stats.items_in += len(results.skipped) + len(results.loose)
+                continue
             stats.items_in += len(results)
             skipped = []
             for seq, item in enumerate(results, first):
                 if item is SKIPPED:
-                    skipped.append((seq, -1, SKIPPED))
+                    skipped.append(seq)
                     continue
                 items.append((seq, item))
                 if len(items) >= self.stage.window:
                     self._flush(items)
                     items = []
             if skipped:
-                self.done.put(skipped, stats)
+                self.done.put(_skipped(skipped), stats)
         if items:
             self._flush(items)
         for _ in self.replicas:
@@ -258,25 +327,50 @@ class ModelStageThreads:
         stats.items_out += len(seqs)
         if self.progress is not None:
             self.progress(len(seqs))
-        self.done.put([(seq, p[0], out) for seq, p, out in zip(seqs, flight.group, outputs)], stats)
+        skips = flight.done is not None or flight.retry is not None  # only a retried batch can hold SKIPPED rows
+        self.done.put(Done(seqs, [p[0] for p in flight.group], outputs, sum(1 for o in outputs if o is SKIPPED) if skips else 0), stats)
 
     # ---- collect: in input order, or as rows finish ----------------------------------------
     def collect_loop(self) -> None:
         reorder = Reorder() if self.stage.ordered else None
-        stats, ends = self.s_out, 0
+        stats, ends, skipped = self.s_out, 0, 0  # SKIPPED rows received and not yet released
         while ends < len(self.replicas):
             entry = self.done.get(stats)
             if entry is END:
                 ends += 1
                 continue
             t0 = time.perf_counter()
-            stats.items_in += len(entry)
-            released = reorder.add_many((seq, (number, out)) for seq, number, out in entry) if reorder is not None else [(n, o) for _s, n, o in entry]
-            kept = [(n, o) for n, o in released if o is not SKIPPED]
+            stats.items_in += len(entry.seqs)
+            skipped += entry.skipped
+            if reorder is not None:
+                released = reorder.add_many(zip(entry.seqs, zip(entry.numbers, entry.outputs)))
+                numbers, outputs = (list(t) for t in zip(*released)) if released else ([], [])
+            else:
+                numbers, outputs = entry.numbers, entry.outputs
+            if skipped and outputs:  # the rare case: drop the rows skipped under .safe()
+                kept = [(n, o) for n, o in zip(numbers, outputs) if o is not SKIPPED]
+                skipped -= len(outputs) - len(kept)
+                numbers, outputs = [n for n, _ in kept], [o for _, o in kept]
             stats.busy += time.perf_counter() - t0
-            if kept:
-                stats.items_out += len(kept)
-                if not self.outbox.put(([n for n, _ in kept], [o for _, o in kept]), stats):
+            if outputs:
+                stats.items_out += len(outputs)
+                if not self.outbox.put((numbers, outputs), stats):
                     self.done.close()
                     return
         self.outbox.finish()
+
+
+@dataclass
+class Done:
+    """Rows out of the forward: their places in the stage's input order, source row numbers,
+    outputs, and how many of those are SKIPPED (0 unless the batch was retried)."""
+
+    seqs: list[int]
+    numbers: list[int]
+    outputs: list[Any]
+    skipped: int = 0
+
+
+def _skipped(seqs: list[int]) -> Done:
+    """Rows skipped under ``.safe()`` before the forward, as :class:`Done` rows."""
+    return Done(seqs, [-1] * len(seqs), [SKIPPED] * len(seqs), len(seqs))
