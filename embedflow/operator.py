@@ -43,9 +43,15 @@ class Operator:
       in one call (a fast tokenizer's ``encode_batch``); must equal ``preprocess`` item by item.
       If it raises, the engine falls back to ``preprocess`` per item to find the bad one.
     * ``sort_key(prepared) -> int`` — optional: the size of a prepared item (token count) so
-      batches of similar size pad little.
+      batches of similar size pad little; ``padded_size(size) -> int`` — optional: the width
+      a batch whose largest item has ``size`` is padded to (a few bucketed widths on a GPU),
+      which the engine's token budget counts.
     * ``collate(prepared_items)`` — turn a list of prepared items into one batch (default:
       ``torch.stack`` for tensors, else the list itself). CPU side.
+    * ``prepare_on_device(batch) -> batch`` — optional: device work before ``forward``
+      (decode and resize images there); the engine runs it in a thread and on a CUDA stream of
+      its own and hands the result to ``forward`` with an event, so ``forward`` takes tensors
+      of fixed shapes (CUDA graphs) and never waits for it.
     * ``forward(batch)`` — the hot path, on the device; the engine has already moved the batch
       there and runs it under ``torch.inference_mode``.
     * ``postprocess(output) -> list`` — one result per input item, on the CPU (the engine moves
@@ -70,13 +76,15 @@ class Operator:
     reads_files: ClassVar[bool] = False
     #: worker processes the engine may prepare items in (``preprocess_batch``, beyond the
     #: GIL), for an operator of an installed package with ``setup_preprocess``: a number,
-    #: ``"auto"`` (the engine decides: on a GPU half the cores, at most 8; none on the CPU) or
-    #: None (threads only). Errors still name or skip the row; a worker's ``run_counts`` are
-    #: added to this operator's before ``run_warnings()``.
+    #: ``"auto"`` (the engine decides: on a GPU all the cores but two; none on the CPU) or
+    #: None (threads only). The workers prepare, sort, cut and collate whole windows, so the
+    #: main process moves batches; errors still name or skip the row; a worker's
+    #: ``run_counts`` are added to this operator's before ``run_warnings()``.
     preprocess_processes: int | str | None = None
     #: True: ``forward`` can be recorded as a CUDA graph — the same input shapes launch the same
-    #: kernels and nothing reads a device value back to the CPU. On CUDA the engine then replays
-    #: it per input shape with one call (checked against the usual forward first).
+    #: kernels, no tensor is made from host data and nothing reads a device value back to the
+    #: CPU (``embedflow.engines.capture_probe`` checks it, on any device). On CUDA the engine
+    #: then replays it per input shape with one call (checked against the usual forward first).
     cuda_graphs: bool = False
 
     @classmethod

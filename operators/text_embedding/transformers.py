@@ -86,7 +86,7 @@ class TransformersTextEmbedding(Operator):
             (This is the model's weights; ``precision=`` is the output vectors'.)
         tokenizer_processes: tokenize in this many worker processes (beyond the GIL: one
             process's threads stop near 15,000 texts/s); ``0``: in this process's threads;
-            default: half the cores (at most 8) when the model runs on a GPU, else 0. The
+            default: all the cores but two when the model runs on a GPU, else 0. The
             engine runs them (the operator's ``preprocess_processes``); they live as long as
             the loaded model (the chain) and end with the program.
 

@@ -40,13 +40,17 @@ from ..steps import Chunk, Guard, drop_bad_rows, drop_skipped, head_rows, run_ch
 from .model_stage import ModelStageThreads
 from .scheduler import END, Channel, Run
 
-MAX_CHUNK = 256
+# rows per chunk once a run is going: each chunk costs a few thread hand-offs (the GIL passed
+# between the source, the stages and the consumer), ~60 µs, so 256-row chunks made five .map
+# steps 2.3x plain generators and 1,024-row ones 1.29x (benchmarks/bench_overhead.py); stages
+# that hold large rows (decoded images) emit their own small chunks whatever comes in
+MAX_CHUNK = 1024
 CHANNEL_CHUNKS = 4  # chunks buffered between two stages
 
 
 def chunk_sizes() -> Iterator[int]:
-    """1, 2, 4 ... 256, 256, ...: the first rows leave at once, later chunks are large."""
-    return itertools.chain((1 << i for i in range(8)), itertools.repeat(MAX_CHUNK))
+    """1, 2, 4 ... 1024, 1024, ...: the first rows leave at once, later chunks are large."""
+    return itertools.chain((1 << i for i in range(MAX_CHUNK.bit_length() - 1)), itertools.repeat(MAX_CHUNK))
 
 
 class LocalEngine(Engine):
