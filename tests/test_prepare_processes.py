@@ -342,3 +342,32 @@ def test_a_worker_ends_soon_after_its_parent_is_killed_even_while_starting(tmp_p
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the worker outlived its parent by 10 s")
+
+
+def test_a_failing_batch_from_a_worker_is_retried_row_by_row(sample_texts, monkeypatch):
+    """A batch a worker cut and collated fails in the forward: its rows are prepared again here
+    and run one by one, so only the bad row is skipped and the others keep their vectors."""
+    texts = [*sample_texts[:6], "poison " * 60, *sample_texts[6:10]]
+    expected = ef.dc(sample_texts[:10]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0).to_numpy()
+    failed: list = []
+    chain = ef.dc(texts).safe(errors=failed).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, batch_size=4)
+    chain.to_list()
+    pool = _started(_pool_of(chain))
+    (op,) = cached(chain.plan.steps[-1]).values()
+    real = type(op).forward
+
+    def refuses_long_rows(self, batch):
+        if int(batch["attention_mask"].sum(1).max()) >= 60:
+            raise ValueError("this model refuses the poison row")
+        return real(self, batch)
+
+    monkeypatch.setattr(type(op), "forward", refuses_long_rows)
+    asked = []
+    real_prepare = PreparePool.prepare
+    monkeypatch.setattr(PreparePool, "prepare", lambda self, inputs: asked.append(type(inputs).__name__) or real_prepare(self, inputs))
+    failed.clear()
+    with pytest.warns(UserWarning, match="1 item\\(s\\) failed and were skipped"):
+        out = chain.to_list()
+    assert asked == ["Cut"] and pool.failed is None  # the window was cut and collated in the worker
+    assert [f["row"] for f in failed] == [6] and "poison" in failed[0]["message"]
+    np.testing.assert_allclose(np.stack(out), expected, atol=1e-6)
