@@ -234,3 +234,16 @@ def test_on_cuda_the_next_batch_is_launched_before_this_one_is_finished(monkeypa
     assert log[:first_finish] == ["launch", "launch"]  # batch 2 launched before batch 1 was waited for
     assert [size for size, _ in op.calls].count(1) == 8  # the failing batch of 8, retried row by row
     assert batching._back_to_cpu(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32  # fp32 before the copy back
+
+
+def test_the_finite_check_finds_one_bad_value_and_passes_huge_finite_ones():
+    """The check sums first (an inf or NaN anywhere makes the sum one); a sum of finite values
+    that overflows falls back to the exact check, without a numpy warning."""
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        values = torch.zeros(256, 384)
+        values[200, 17] = bad
+        with pytest.raises(devices.NonFiniteOutput):
+            devices.check_finite(values, "op")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        devices.check_finite(torch.full((4, 3), 3e38), "op")  # finite, though its sum is not

@@ -241,7 +241,11 @@ def check_finite(output: Any, label: str) -> None:
 
     def look(t: Any) -> Any:
         if t.is_floating_point() and t.device.type == "cpu" and not t.requires_grad and t.dtype in (torch.float32, torch.float64):
-            finite = bool(np.isfinite(t.numpy()).all())  # numpy: one thread, no torch thread pool to wake
+            values = t.numpy()  # numpy: one thread, no torch thread pool to wake
+            # an inf or NaN anywhere makes the sum inf or NaN: one pass, no temporary array
+            # (the exact check only when a sum of finite values overflowed)
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = bool(np.isfinite(values.sum())) or bool(np.isfinite(values).all())
         else:
             finite = not t.is_floating_point() or bool(t.isfinite().all())
         if not finite:
