@@ -41,7 +41,7 @@ from ..errors import user_stacklevel
 from .capture_probe import DATA_SHAPES, HOST_DATA, READ_BACK, probed
 from .devices import map_tensors
 
-MAX_GRAPHS = 64  # signatures recorded per replica (text: widths in steps of 8, a few batch sizes)
+MAX_GRAPHS = 64  # signatures recorded per replica (text: ~12 bucketed widths × a few batch sizes)
 MIN_COSINE = 0.999  # a graph's output against the usual forward, per row
 
 
