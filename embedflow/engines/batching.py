@@ -54,7 +54,7 @@ Prepared = tuple[int, Any, Any, int]  # (source row number, row, prepared item, 
 GPU_BATCH_ROWS = (256, 128)  # default batch on a GPU: texts (sorted), other inputs (images)
 GPU_BATCH_TOKENS = 32768  # default padded tokens per batch on a GPU: long texts fill it without running out of memory
 # items sorted together on a GPU: with bucketed widths 12 batch shapes (CUDA graphs) and 1.20 padded
-# tokens per real one over 50,000 sentences, against 1.25 for 4,096 (benchmarks/bench_shapes.py)
+# tokens per real one over 50,000 sentences (benchmarks/bench_shapes.py; 67 and 1.54 for 1,024 and × 8)
 GPU_SORT_WINDOW = 8192
 
 

@@ -42,8 +42,9 @@ from .scheduler import END, Channel, Run
 
 # rows per chunk once a run is going: each chunk costs a few thread hand-offs (the GIL passed
 # between the source, the stages and the consumer), ~60 µs, so 256-row chunks made five .map
-# steps 2.3x plain generators and 1,024-row ones 1.29x (benchmarks/bench_overhead.py); stages
-# that hold large rows (decoded images) emit their own small chunks whatever comes in
+# steps 2.3x plain generators, 1,024-row ones 1.37x, and 1.27x once the first cheap steps read
+# the source in their own thread (benchmarks/bench_overhead.py, medians of 5); stages that hold
+# large rows (decoded images) emit their own small chunks whatever comes in
 MAX_CHUNK = 1024
 CHANNEL_CHUNKS = 4  # chunks buffered between two stages
 

@@ -249,10 +249,13 @@ class ModelStageThreads:
                     stats.items_in += len(group)
                     stats.items_out += len(group)
                     self.batches.put((group, collated), stats)
-                items.extend(p for p in results.loose if p[1] is not SKIPPED)
-                if any(p[1] is SKIPPED for p in results.loose):
+                items.extend(sp for sp in results.loose if sp[1] is not SKIPPED)  # rows whose batch did not collate there
+                if any(sp[1] is SKIPPED for sp in results.loose):
                     self.done.put(_skipped([seq for seq, p in results.loose if p is SKIPPED]), stats)
                 stats.items_in += len(results.skipped) + len(results.loose)
+                if len(items) >= self.stage.window:
+                    self._flush(items)
+                    items = []
                 continue
             stats.items_in += len(results)
             skipped = []
