@@ -371,3 +371,21 @@ def test_a_failing_batch_from_a_worker_is_retried_row_by_row(sample_texts, monke
     assert asked == ["Cut"] and pool.failed is None  # the window was cut and collated in the worker
     assert [f["row"] for f in failed] == [6] and "poison" in failed[0]["message"]
     np.testing.assert_allclose(np.stack(out), expected, atol=1e-6)
+
+
+def test_the_workers_start_before_the_weights_load(sample_texts, monkeypatch):
+    """The worker processes are started before the model's setup, so they import and load the
+    tokenizer while the weights load, not after."""
+    from embedflow_operators.text_embedding.transformers import TransformersTextEmbedding
+
+    seen = []
+    real = TransformersTextEmbedding.setup
+
+    def setup(self, device):
+        seen.append(existing_pool(self))
+        return real(self, device)
+
+    monkeypatch.setattr(TransformersTextEmbedding, "setup", setup)
+    chain = ef.dc(sample_texts[:3]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, max_length=77)
+    assert len(chain.to_list()) == 3
+    assert len(seen) == 1 and seen[0] is not None and seen[0] is _pool_of(chain)

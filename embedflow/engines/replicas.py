@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..operator import Operator
 from ..plan import Apply, instantiate
@@ -28,9 +28,11 @@ def _needs_setup(op: Operator) -> bool:
     return type(op).setup is not Operator.setup
 
 
-def ready(step: Apply, devices: Sequence[str]) -> list[tuple[str, Operator]]:
+def ready(step: Apply, devices: Sequence[str], before_setup: Callable[[str, Operator], object] | None = None) -> list[tuple[str, Operator]]:
     """The step's operator set up on each of ``devices``, built once per device and kept for
-    later runs of the same step."""
+    later runs of the same step; ``before_setup(device, op)`` is called for each new one before
+    its (slow) ``setup`` — the engine starts its preprocessing processes there, so they start
+    while the weights load."""
     with _lock:
         built = _cache.setdefault(step, {})
         out = []
@@ -38,6 +40,8 @@ def ready(step: Apply, devices: Sequence[str]) -> list[tuple[str, Operator]]:
             op = built.get(device)
             if op is None:
                 op = instantiate(step, copy_instance=bool(built))
+                if before_setup is not None:
+                    before_setup(device, op)
                 if _needs_setup(op):
                     op.setup(device)
                 built[device] = op

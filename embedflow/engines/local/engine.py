@@ -26,14 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...errors import user_stacklevel
-from ...operator import expecting
+from ...operator import Operator, expecting
 from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
 from ...rows import read_inputs, write_outputs
 from ..base import Engine
 from ..batching import Replica, for_device, make_replica
 from ..devices import default_workers, resolve_devices
 from ..failures import FailureLog
-from ..prepare_processes import existing_pool, pool_for
+from ..prepare_processes import existing_pool, pool_for, portable
 from ..replicas import ready
 from ..stats import RunStats, StageStats
 from ..steps import Chunk, Guard, drop_bad_rows, drop_skipped, head_rows, run_cheap, whole_rows
@@ -121,7 +121,12 @@ class LocalEngine(Engine):
     def _replicas(stage: ModelStage) -> list[Replica]:
         devices = resolve_devices(stage.device)
         pinned = any(d.startswith("cuda") for d in devices)
-        return [make_replica(device, op, stage.dtype, pinned, stage.step.label) for device, op in ready(stage.step, devices)]
+
+        def start_workers(device: str, op: Operator) -> None:  # while the weights load, not after
+            if device == devices[0] and callable(getattr(op, "setup_preprocess", None)) and portable(stage.step):
+                pool_for(stage.step, op, device, stage.processes)
+
+        return [make_replica(device, op, stage.dtype, pinned, stage.step.label) for device, op in ready(stage.step, devices, start_workers)]
 
 
 def _warn_run_notes(replicas: list[Replica]) -> None:
