@@ -59,6 +59,15 @@ def timed(fn, repeats=1):
     return best, out, peak
 
 
+def held_memory() -> str:
+    """GPU memory allocated and page-locked host memory in use now (GiB): what a run keeps."""
+    if not torch.cuda.is_available():
+        return "no GPU"
+    torch.cuda.synchronize()
+    host = getattr(torch.cuda, "host_memory_stats", lambda: {})().get("allocated_bytes.current", 0)
+    return f"GPU {torch.cuda.memory_allocated() / 2**30:.2f} GiB, pinned host {host / 2**30:.2f} GiB"
+
+
 def minilm_folder(args) -> str:
     """The packaged MiniLM, or one with random weights built from ``--minilm-config``."""
     path = ef.resolve_model(MINILM)
@@ -409,8 +418,11 @@ def main() -> int:
             continue
         if name == "probe" and not (args.only and "probe" in args.only):
             continue  # a diagnosis, not part of the table: --only probe
+        before = held_memory()
         try:
             answer = part()
+            after = held_memory()
+            notes.append(f"{name}: memory held before → after the part: {before} → {after}")  # flat over a run: no growth per batch
         except Exception:  # one part failing must not lose the others' figures
             traceback.print_exc()
             notes.append(f"{name}: FAILED (traceback above)")
