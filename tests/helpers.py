@@ -144,3 +144,39 @@ def python_server(code: str, cwd: Path) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
+
+
+class FakeStream:
+    """A CUDA stream, faked for tests on the CPU: it logs what it is asked to wait for."""
+
+    def __init__(self, name: str, log: list[str] | None = None):
+        self.name, self.log = name, log if log is not None else []
+
+    def wait_event(self, event: object) -> None:
+        self.log.append(f"{self.name} waits for {getattr(event, 'name', event)}")
+
+    def wait_stream(self, other: FakeStream) -> None:
+        self.log.append(f"{self.name} waits for {other.name}")
+
+
+class FakeStreams:
+    """torch.cuda's current-stream bookkeeping, faked: ``current_stream``, ``set_stream`` and
+    the ``stream`` context (install them with monkeypatch)."""
+
+    def __init__(self, log: list[str] | None = None):
+        self.log = log if log is not None else []
+        self.current = self.default = FakeStream("compute", self.log)
+
+    def current_stream(self, device: object = None) -> FakeStream:
+        return self.current
+
+    def set_stream(self, stream: FakeStream) -> None:
+        self.current = stream
+
+    @contextlib.contextmanager
+    def stream(self, stream: FakeStream) -> Iterator[None]:
+        prior, self.current = self.current, stream
+        try:
+            yield
+        finally:
+            self.current = prior

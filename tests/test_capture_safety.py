@@ -5,7 +5,6 @@ never recorded; a recording whose ``capture_end`` fails leaves the thread on its
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
@@ -17,6 +16,7 @@ from embedflow.engines import cuda_graphs
 from embedflow.engines.capture_probe import capture_hazards
 from embedflow.engines.cuda_graphs import GraphRunner
 from embedflow.plan import instantiate
+from tests.helpers import FakeStream, FakeStreams
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -101,37 +101,8 @@ def test_a_forward_that_reads_back_is_never_recorded():
     assert torch.equal(out, torch.full((2, 3), 6.0)) and runner.off is not None
 
 
-class _Stream:
-    def __init__(self, name):
-        self.name = name
-
-    def wait_stream(self, other):
-        pass
-
-
-class _Streams:
-    """torch.cuda's current-stream bookkeeping, faked: enough for GraphRunner._capture."""
-
-    def __init__(self):
-        self.current = self.default = _Stream("default")
-
-    def current_stream(self, device=None):
-        return self.current
-
-    def set_stream(self, stream):
-        self.current = stream
-
-    @contextlib.contextmanager
-    def stream(self, stream):
-        prior, self.current = self.current, stream
-        try:
-            yield
-        finally:
-            self.current = prior
-
-
 def test_a_failing_capture_end_leaves_the_thread_on_its_stream(monkeypatch):
-    streams = _Streams()
+    streams = FakeStreams()
 
     class FailingGraph:
         """As torch.cuda.graph: enters the recording stream and begins; here capture_end
@@ -149,7 +120,7 @@ def test_a_failing_capture_end_leaves_the_thread_on_its_stream(monkeypatch):
 
     for name, value in {
         "CUDAGraph": lambda: object(),
-        "Stream": lambda device=None: _Stream("side"),
+        "Stream": lambda device=None: FakeStream("side"),
         "current_stream": streams.current_stream,
         "set_stream": streams.set_stream,
         "stream": streams.stream,

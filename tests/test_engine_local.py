@@ -160,3 +160,28 @@ def test_no_threads_are_left_behind():
     it.close()
     leftover = [t for t in threading.enumerate() if t not in before and t.name.startswith("embedflow")]
     assert leftover == []
+
+
+def test_a_one_row_batch_whose_postprocess_fails_is_skipped_not_passed_on():
+    """Under .safe() a row whose own batch fails after the forward (in postprocess) is recorded
+    and dropped: the output holds the good rows only, never a placeholder for the bad one."""
+    import torch
+
+    class FailsOnThree(ef.Operator):
+        batchable = True
+
+        def preprocess(self, x):
+            return torch.tensor(x)
+
+        def forward(self, batch):
+            return batch
+
+        def postprocess(self, output):
+            if 3 in output.tolist():
+                raise ValueError("three is refused")
+            return [int(v) for v in output]
+
+    failed: list = []
+    with pytest.warns(UserWarning, match="1 item\\(s\\) failed and were skipped"):
+        out = ef.dc([1, 2, 3, 4]).safe(errors=failed).map(FailsOnThree(), batch_size=1).to_list()
+    assert out == [1, 2, 4] and [f["row"] for f in failed] == [2]

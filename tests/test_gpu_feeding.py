@@ -17,6 +17,7 @@ from embedflow.engines import batching, transfer
 from embedflow.engines.batching import ModelBatcher, Replica
 from embedflow.engines.failures import FailureLog
 from embedflow.plan import lower
+from tests.helpers import FakeStream, FakeStreams
 
 
 def test_device_decode_runs_in_the_staging_thread_not_the_forward_thread(sample_images, monkeypatch):
@@ -37,17 +38,6 @@ def test_device_decode_runs_in_the_staging_thread_not_the_forward_thread(sample_
     assert all("-stage-" in name for name in threads), threads  # never the forward thread
     explained = chain.explain(analyze=True)
     assert "to the device [cpu]" in explained
-
-
-class _Stream:
-    def __init__(self, name, log):
-        self.name, self.log = name, log
-
-    def wait_event(self, event):
-        self.log.append(f"{self.name} waits for {event.name}")
-
-    def wait_stream(self, other):
-        self.log.append(f"{self.name} waits for {other.name}")
 
 
 class _Op(ef.Operator):
@@ -73,21 +63,8 @@ class _Op(ef.Operator):
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """torch.cuda's streams, events and synchronize, faked, for a replica on 'cuda:0'."""
-    log = []
-
-    class Streams:
-        compute = _Stream("compute", log)
-        current = compute
-
-        @contextlib.contextmanager
-        def stream(self, stream):
-            prior, Streams.current = Streams.current, stream
-            try:
-                yield
-            finally:
-                Streams.current = prior
-
-    streams = Streams()
+    streams = FakeStreams()
+    log = streams.log
 
     class Event:
         count = 0
@@ -97,13 +74,13 @@ def fake_cuda(monkeypatch):
             self.name = f"event {Event.count}"
 
         def record(self, stream=None):
-            log.append(f"{self.name} recorded on {(stream or Streams.current).name}")
+            log.append(f"{self.name} recorded on {(stream or streams.current).name}")
 
         def synchronize(self):
             log.append(f"host waits for {self.name}")
 
     monkeypatch.setattr(torch.cuda, "stream", streams.stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Streams.current)
+    monkeypatch.setattr(torch.cuda, "current_stream", streams.current_stream)
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("device-wide synchronize"))
     monkeypatch.setattr(batching, "move", lambda obj, device, non_blocking=False: obj)
@@ -113,7 +90,7 @@ def fake_cuda(monkeypatch):
 def test_a_staged_batch_reaches_the_compute_through_an_event_without_a_synchronize(fake_cuda):
     log, streams = fake_cuda
     op = _Op(log, streams)
-    replica = Replica("cuda:0", op, contextlib.nullcontext, stage_stream=_Stream("staging", log))
+    replica = Replica("cuda:0", op, contextlib.nullcontext, stage_stream=FakeStream("staging", log))
     stage = lower(ef.dc([]).map(op, batch_size=4).plan).model_stages[0]
     batcher = ModelBatcher(stage, op, FailureLog())
     group = [(i, i, i, 0) for i in range(4)]
@@ -150,7 +127,7 @@ def test_results_own_their_memory_not_the_pinned_buffer(fake_cuda, monkeypatch):
 
     monkeypatch.setattr(batching, "_back_to_cpu", to_pinned)
     monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: any(self.data_ptr() == p.data_ptr() for p in pinned))
-    replica = Replica("cuda:0", op, contextlib.nullcontext, stage_stream=_Stream("staging", log))
+    replica = Replica("cuda:0", op, contextlib.nullcontext, stage_stream=FakeStream("staging", log))
     stage = lower(ef.dc([]).map(op, batch_size=4).plan).model_stages[0]
     batcher = ModelBatcher(stage, op, FailureLog())
     collated = torch.ones(3, 5)

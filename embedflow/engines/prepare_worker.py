@@ -73,7 +73,8 @@ def serve(read_fd: int, write_fd: int) -> None:
             request = pickle.loads(requests.recv_bytes())
             if isinstance(request, Cut):  # a window: prepared, cut and collated here
                 items: Any = prepare_batches(op, request)
-                items.errors = list(zip([i for i, _ in items.errors], _portable([e for _, e in items.errors])))
+                positions = [i for i, _ in items.errors]
+                items.errors = list(zip(positions, _portable([e for _, e in items.errors])))  # errors that pickle
             else:
                 items = _portable(preprocess_items(op, request))
             delta = dict(counts) if counts else {}

@@ -227,7 +227,7 @@ class ModelStageThreads:
                 collated = pin(collated)
             stats.busy += time.perf_counter() - t0
             stats.items_out += len(group)
-            self.batches.put((group, collated), stats)
+            self.batches.put((group, collated, None), stats)  # None: not staged yet
             t0 = time.perf_counter()
         stats.busy += time.perf_counter() - t0
 
@@ -248,7 +248,7 @@ class ModelStageThreads:
                 for group, collated in results.batches:
                     stats.items_in += len(group)
                     stats.items_out += len(group)
-                    self.batches.put((group, collated), stats)
+                    self.batches.put((group, collated, None), stats)
                 items.extend(sp for sp in results.loose if sp[1] is not SKIPPED)  # rows whose batch did not collate there
                 if any(sp[1] is SKIPPED for sp in results.loose):
                     self.done.put(_skipped([seq for seq, p in results.loose if p is SKIPPED]), stats)
@@ -284,7 +284,7 @@ class ModelStageThreads:
             entry = self.batches.get(stats)
             if entry is END:
                 break
-            group, collated = entry
+            group, collated, _ = entry
             t0 = time.perf_counter()
             stats.items_in += len(group)
             staged: Staged | Raised
@@ -309,7 +309,7 @@ class ModelStageThreads:
             entry = source.get(stats)
             if entry is END:
                 break
-            group, collated, staged = entry if len(entry) == 3 else (*entry, None)
+            group, collated, staged = entry  # staged: None, or what the staging thread made of it
             t0 = time.perf_counter()
             stats.items_in += len(group)
             launched = ([seq for seq, _p in group], self.batcher.begin(replica, [p for _seq, p in group], collated, staged))
@@ -330,8 +330,8 @@ class ModelStageThreads:
         stats.items_out += len(seqs)
         if self.progress is not None:
             self.progress(len(seqs))
-        skips = flight.done is not None or flight.retry is not None  # only a retried batch can hold SKIPPED rows
-        self.done.put(Done(seqs, [p[0] for p in flight.group], outputs, sum(1 for o in outputs if o is SKIPPED) if skips else 0), stats)
+        skipped = sum(1 for o in outputs if o is SKIPPED)  # rows that failed under .safe(): never passed on
+        self.done.put(Done(seqs, [p[0] for p in flight.group], outputs, skipped), stats)
 
     # ---- collect: in input order, or as rows finish ----------------------------------------
     def collect_loop(self) -> None:
@@ -366,7 +366,7 @@ class ModelStageThreads:
 @dataclass
 class Done:
     """Rows out of the forward: their places in the stage's input order, source row numbers,
-    outputs, and how many of those are SKIPPED (0 unless the batch was retried)."""
+    outputs, and how many of those are SKIPPED (rows that failed under ``.safe()``)."""
 
     seqs: list[int]
     numbers: list[int]
