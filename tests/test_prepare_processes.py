@@ -389,3 +389,19 @@ def test_the_workers_start_before_the_weights_load(sample_texts, monkeypatch):
     chain = ef.dc(sample_texts[:3]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, max_length=77)
     assert len(chain.to_list()) == 3
     assert len(seen) == 1 and seen[0] is not None and seen[0] is _pool_of(chain)
+
+
+def test_workers_started_for_a_model_that_fails_to_load_end_at_once(monkeypatch):
+    from embedflow_operators.text_embedding.transformers import TransformersTextEmbedding
+
+    pools = []
+
+    def failing_setup(self, device):
+        pools.append(existing_pool(self))
+        raise OSError("the weights are unreadable")
+
+    monkeypatch.setattr(TransformersTextEmbedding, "setup", failing_setup)
+    with pytest.raises(OSError, match="the weights are unreadable"):
+        ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, max_length=78).to_list()
+    (pool,) = pools
+    assert pool is not None and all(w.process.poll() is not None for w in pool.workers)  # no worker left behind

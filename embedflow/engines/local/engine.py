@@ -122,11 +122,20 @@ class LocalEngine(Engine):
         devices = resolve_devices(stage.device)
         pinned = any(d.startswith("cuda") for d in devices)
 
+        started: list[Any] = []
+
         def start_workers(device: str, op: Operator) -> None:  # while the weights load, not after
             if device == devices[0] and callable(getattr(op, "setup_preprocess", None)) and portable(stage.step):
-                pool_for(stage.step, op, device, stage.processes)
+                started.append(pool_for(stage.step, op, device, stage.processes))
 
-        return [make_replica(device, op, stage.dtype, pinned, stage.step.label) for device, op in ready(stage.step, devices, start_workers)]
+        try:
+            built = ready(stage.step, devices, start_workers)
+        except BaseException:
+            for pool in started:  # the model did not load: its workers end now, not when it is collected
+                if pool is not None:
+                    pool.close()
+            raise
+        return [make_replica(device, op, stage.dtype, pinned, stage.step.label) for device, op in built]
 
 
 def _warn_run_notes(replicas: list[Replica]) -> None:
