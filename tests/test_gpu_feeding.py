@@ -145,3 +145,31 @@ def test_owned_copies_only_pinned_tensors(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: True)
     copy = transfer.owned({"v": t})["v"]
     assert copy is not t and copy.data_ptr() != t.data_ptr() and torch.equal(copy, t)
+
+
+@pytest.mark.parametrize(
+    ("values", "travels_as"),
+    [
+        (torch.tensor([[101, 2023, 102], [101, 30000, 0]]), "uint16"),  # token ids: 2 bytes, not 8
+        (torch.tensor([[1, 1, 1], [1, 1, 0]]), "uint8"),  # a mask: 1 byte
+        (torch.zeros(2, 3, dtype=torch.int64), None),  # token types: one value, no array
+        (torch.tensor([-(2**40), 2**40]), "int64"),  # nothing narrower holds it
+        (torch.tensor([-3, 200], dtype=torch.int32), "int16"),
+        (torch.tensor([True, False]), "bool"),
+        (torch.tensor([0.5, float("nan")]), "float32"),  # floats travel as they are
+        (torch.zeros(0, 4, dtype=torch.int64), "int64"),
+    ],
+)
+def test_packed_batches_travel_small_and_come_back_exactly(values, travels_as):
+    """A worker's collated tensors cross the pipe narrowed (issue 22: MiniLM's batches came to
+    1,536 bytes a text through it) and come back with the same dtype, shape and values."""
+    import pickle
+
+    from embedflow.engines.packing import _Array, unpacked
+
+    packed = _Array.of(values)
+    assert (packed.array.dtype.name if packed.array is not None else None) == travels_as
+    back = unpacked(pickle.loads(pickle.dumps({"x": [packed]})))["x"][0]
+    assert back.dtype == values.dtype and back.shape == values.shape
+    torch.testing.assert_close(back, values, rtol=0, atol=0, equal_nan=True)
+    assert len(pickle.dumps(packed)) <= len(pickle.dumps(_Array(values.numpy(), values.numpy().dtype.str, tuple(values.shape))))

@@ -107,7 +107,7 @@ class InFlight:
     collated: Any = None  # kept alive until the copy to the device is done (pinned memory)
     output: Any = None
     event: Any = None
-    done: list[Any] | None = None  # a one-row batch that failed at launch: its row's outcome
+    done: list[Any] | None = None  # a one-row batch that failed (at launch or after): its row's outcome
     retry: str | None = None  # "halves" (out of memory) or "items" (another error)
 
 
@@ -222,10 +222,15 @@ class ModelBatcher:
         import torch
 
         with torch.inference_mode(), replica.autocast():
-            batch = _staged_batch(replica, staged) if staged is not None else _to_device(replica, collated)
+            if staged is not None:
+                batch = _staged_batch(replica, staged)
+            else:  # a CPU replica takes the collated batch as it is (no .to per tensor)
+                batch = collated if replica.device == "cpu" else _to_device(replica, collated)
             if staged is None and callable(getattr(replica.op, "prepare_on_device", None)):
                 batch = replica.op.prepare_on_device(batch)  # type: ignore[attr-defined]
             output = (replica.graphs or replica.op.forward)(batch)
+            if replica.device == "cpu":
+                return output, None
             if not replica.device.startswith("cuda"):
                 return move(output, "cpu"), None
             output = map_tensors(output, _back_to_cpu)
@@ -277,7 +282,8 @@ class ModelBatcher:
             except Exception as exc:  # noqa: BLE001
                 self._check_device_error(replica, exc, len(group))
                 if len(group) == 1:
-                    return [self.guard.handle(group[0][0], group[0][1], exc)]
+                    flight.done = [self.guard.handle(group[0][0], group[0][1], exc)]  # done: the caller looks for SKIPPED
+                    return flight.done
                 flight.retry = _retry_kind(exc)
             else:
                 if self.step.inputs is None:  # the result is the row
