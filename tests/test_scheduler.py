@@ -160,6 +160,34 @@ def test_stopping_iteration_early_stops_every_stage():
     assert len(pulled) == seen  # nothing reads any more
 
 
+def test_blocked_stages_are_woken_at_once_when_the_run_stops(monkeypatch):
+    """No stage waits out a poll: a failing stage and an early stop wake every thread blocked
+    on a full or empty channel (the backstop made an hour here would hang the test)."""
+    from embedflow.engines.local import scheduler
+
+    monkeypatch.setattr(scheduler, "BACKSTOP", 3600.0)
+
+    def fail_late(x):
+        if x == "5000":
+            raise ValueError("late")
+        return x
+
+    def stop_twice():
+        with pytest.raises(ItemError, match="late"):
+            ef.dc(range(10**6)).map(str).map(fail_late, workers=2).map(Lengths(), batch_size=2).to_list()
+        it = iter(ef.dc(range(10**6)).map(str).map(Lengths(), batch_size=2))
+        next(it)
+        it.close()  # the source and the model stage are blocked on full channels now
+        done.append(True)
+
+    done: list[bool] = []
+    runner = threading.Thread(target=stop_twice)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "a stage blocked on a channel was never woken"
+    assert done == [True]
+
+
 def test_queues_are_bounded_when_the_consumer_is_slow():
     pulled = []
 

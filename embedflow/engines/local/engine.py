@@ -38,7 +38,7 @@ from ..replicas import ready
 from ..stats import RunStats, StageStats
 from ..steps import Chunk, Guard, drop_bad_rows, drop_skipped, head_rows, run_cheap, whole_rows
 from .model_stage import ModelStageThreads
-from .scheduler import END, Channel, Run
+from .scheduler import END, Channel, Run, SourceInbox
 
 # rows per chunk once a run is going: each chunk costs a few thread hand-offs (the GIL passed
 # between the source, the stages and the consumer), ~60 µs, so 256-row chunks made five .map
@@ -90,7 +90,7 @@ class LocalEngine(Engine):
         source_stats = run.stage_stats(f"source {physical.source.label}")
         source: Iterator[Chunk] | None = _source_chunks(physical, source_stats, failures)
         groups = _threads(physical.stages)
-        if not groups or not isinstance(groups[0][0], (CheapStage, LimitStage, WholeStage)):
+        if not groups or not isinstance(groups[0][0], (CheapStage, LimitStage, WholeStage, ModelStage)):
             channel = run.channel("source", CHANNEL_CHUNKS)
             run.start("source", lambda chunks=source: _source(chunks, channel, source_stats))
             source = None
@@ -103,7 +103,10 @@ class LocalEngine(Engine):
                 workers = stage.workers or (processes.processes if processes is not None else workers_default)
                 sized = for_device(stage, reps[0].device)  # GPU-sized batches where the user set none
                 feed = progress if stage.reports_progress else None
-                threads = ModelStageThreads(sized, reps, workers, channel, out, failures, run, feed, processes)
+                # a model stage that comes first reads the source in its prepare thread
+                inbox = channel if source is None else SourceInbox(run, source)
+                source = None
+                threads = ModelStageThreads(sized, reps, workers, inbox, out, failures, run, feed, processes)
                 threads.start(run)
             elif isinstance(stage, PoolStage):
                 _start_pool(stage, stage.workers or workers_default, channel, out, failures, run)

@@ -36,7 +36,7 @@ from ..prepare_processes import PreparePool, WorkerLost
 from ..preprocess import Raised, preprocess_items
 from ..stats import StageStats
 from ..steps import SKIPPED
-from .scheduler import END, Channel, Run
+from .scheduler import END, Channel, Run, SourceInbox
 
 PREFETCH_BATCHES = 2  # collated batches waiting for the device
 # worker processes cut and collate whole windows (packing.py); False: they send prepared rows back
@@ -97,7 +97,7 @@ class ModelStageThreads:
         stage: ModelStage,
         replicas: list[Replica],
         workers: int,
-        inbox: Channel,
+        inbox: Channel | SourceInbox,
         outbox: Channel,
         failures: FailureLog,
         run: Run,
