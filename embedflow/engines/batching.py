@@ -51,6 +51,40 @@ T = TypeVar("T")
 Prepared = tuple[int, Any, Any, int]  # (source row number, row, prepared item, size)
 
 
+class Unprepared(Sequence[Prepared]):
+    """A batch's rows whose items a worker process prepared and kept (the batch came back
+    collated): each row a :data:`Prepared` with item None, made only when asked for (a retry,
+    named outputs) — no tuple per row on the way to the device and back.
+
+    >>> group = Unprepared([7, 8], ["a", "b"])
+    >>> len(group), group[1], list(group[:1]), numbers_of(group)
+    (2, (8, 'b', None, 0), [(7, 'a', None, 0)], [7, 8])
+    """
+
+    __slots__ = ("numbers", "rows")
+
+    def __init__(self, numbers: list[int], rows: list[Any]):
+        self.numbers, self.rows = numbers, rows
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return Unprepared(self.numbers[i], self.rows[i])
+        return (self.numbers[i], self.rows[i], None, 0)
+
+
+def numbers_of(group: Sequence[Prepared]) -> list[int]:
+    """The source row numbers of a batch's rows."""
+    return group.numbers if isinstance(group, Unprepared) else [p[0] for p in group]
+
+
+def rows_of(group: Sequence[Prepared]) -> list[Any]:
+    """The rows of a batch."""
+    return group.rows if isinstance(group, Unprepared) else [p[1] for p in group]
+
+
 GPU_BATCH_ROWS = (256, 128)  # default batch on a GPU: texts (sorted), other inputs (images)
 GPU_BATCH_TOKENS = 32768  # default padded tokens per batch on a GPU: long texts fill it without running out of memory
 # items sorted together on a GPU: with bucketed widths 12 batch shapes (CUDA graphs) and 1.20 padded
@@ -103,7 +137,7 @@ class InFlight:
     """A batch launched on a device: its output still on the way back (``event`` marks the copy
     done), or the outcome of a launch that failed (``done``, or a ``retry`` to run)."""
 
-    group: list[Prepared]
+    group: Sequence[Prepared]
     collated: Any = None  # kept alive until the copy to the device is done (pinned memory)
     output: Any = None
     event: Any = None
@@ -189,7 +223,7 @@ class ModelBatcher:
         ``size_of`` finds an item's size (default: a Prepared tuple's)."""
         return cut_window(items, self.batch_size, key=size_of if self.sort_key is not None else None, max_tokens=self.max_tokens, width=self.width)
 
-    def collate(self, group: list[Prepared]) -> Any:
+    def collate(self, group: Sequence[Prepared]) -> Any:
         return self.op.collate([it[2] for it in group])
 
     # ---- forward ---------------------------------------------------------------------------
@@ -250,7 +284,7 @@ class ModelBatcher:
             raise EmbedflowError(msg)
         return results
 
-    def begin(self, replica: Replica, group: list[Prepared], collated: Any, staged: Staged | Raised | None = None) -> InFlight:
+    def begin(self, replica: Replica, group: Sequence[Prepared], collated: Any, staged: Staged | Raised | None = None) -> InFlight:
         """Launch a batch (``staged``: already through :meth:`stage`, or the error that raised);
         a launch that fails is noted for :meth:`complete` to retry."""
         try:
@@ -288,13 +322,13 @@ class ModelBatcher:
             else:
                 if self.step.inputs is None:  # the result is the row
                     return list(results)
-                return [write_outputs(row, self.step.inputs, self.step.outputs, r) for (_n, row, _i, _s), r in zip(group, results)]
+                return [write_outputs(row, self.step.inputs, self.step.outputs, r) for row, r in zip(rows_of(group), results)]
         flight.output = flight.collated = flight.event = None  # the handler is left: the failed batch's tensors can go
         if flight.retry == "halves":
             return self._halves(replica, group)
         return self._one_by_one(replica, group)
 
-    def forward(self, replica: Replica, group: list[Prepared], collated: Any) -> list[Any]:
+    def forward(self, replica: Replica, group: Sequence[Prepared], collated: Any) -> list[Any]:
         """:meth:`begin` then :meth:`complete`: one batch's output rows."""
         return self.complete(replica, self.begin(replica, group, collated))
 
@@ -306,7 +340,7 @@ class ModelBatcher:
             )
             raise DeviceError(msg) from exc
 
-    def _halves(self, replica: Replica, group: list[Prepared]) -> list[Any]:
+    def _halves(self, replica: Replica, group: Sequence[Prepared]) -> list[Any]:
         """An out-of-memory batch run again as two halves (each halved again if needed)."""
         free_device_cache(replica.device)
         if not self.warned_memory:
@@ -322,7 +356,7 @@ class ModelBatcher:
             return self._one_by_one(replica, group)
         return [out for half in (group[:middle], group[middle:]) for out in self.forward(replica, half, self.collate(half))]
 
-    def _filled(self, group: list[Prepared]) -> list[Prepared]:
+    def _filled(self, group: Sequence[Prepared]) -> list[Prepared]:
         """``group`` with the items a worker process prepared and kept (its batch came back
         collated: item None) prepared again here, for a retry; a failure stays as its Raised."""
         missing = [i for i, p in enumerate(group) if p[2] is None]
@@ -334,7 +368,7 @@ class ModelBatcher:
             filled[i] = (group[i][0], group[i][1], item, group[i][3])
         return filled
 
-    def _one_by_one(self, replica: Replica, group: list[Prepared]) -> list[Any]:
+    def _one_by_one(self, replica: Replica, group: Sequence[Prepared]) -> list[Any]:
         out = []
         for number, row, item, _size in self._filled(group):
             try:

@@ -24,11 +24,10 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 from ...plan import ModelStage
-from ..batching import InFlight, ModelBatcher, Prepared, Replica, Staged
+from ..batching import InFlight, ModelBatcher, Prepared, Replica, Staged, Unprepared, numbers_of
 from ..devices import bind_device, pin
 from ..failures import FailureLog
 from ..packing import Cut, Packed, unpacked
@@ -66,6 +65,7 @@ class Reorder:
     def __init__(self, start: int = 0):
         self.next = start
         self.pending: dict[int, Any] = {}
+        self.numbers: dict[int, int] = {}
 
     def add_many(self, pairs: Iterable[tuple[int, Any]]) -> list[Any]:
         """Store each value at its position; return every value now due, in order (popped in
@@ -78,6 +78,24 @@ class Reorder:
             end += 1
         self.next = end
         return list(map(pending.pop, range(start, end))) if end > start else []
+
+    def add_rows(self, seqs: list[int], numbers: list[int], outputs: list[Any]) -> tuple[list[int], list[Any]]:
+        """:meth:`add_many` for a batch's outputs and their source row numbers, kept apart (no
+        tuple per row for the garbage collector to walk): the numbers and outputs now due.
+
+        >>> r = Reorder()
+        >>> r.add_rows([1], [11], ["b"]), r.add_rows([0], [10], ["a"])
+        (([], []), ([10, 11], ['a', 'b']))
+        """
+        pending = self.pending
+        self.numbers.update(zip(seqs, numbers))
+        pending.update(zip(seqs, outputs))
+        start = end = self.next
+        while end in pending:
+            end += 1
+        self.next = end
+        due = range(start, end)
+        return list(map(self.numbers.pop, due)), list(map(pending.pop, due))
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -187,7 +205,7 @@ class ModelStageThreads:
             )
         for positions, collated in packed.batches:
             at = positions.tolist()
-            group = list(zip([numbers[i] for i in at], [rows[i] for i in at], repeat(None), repeat(0)))
+            group = Unprepared([numbers[i] for i in at], [rows[i] for i in at])
             collated = unpacked(collated)
             out.batches.append(([first + i for i in at], group, pin(collated) if self.pin_memory else collated))
         return out
@@ -334,7 +352,7 @@ class ModelStageThreads:
             self.progress(len(seqs))
         failed = flight.done is not None or flight.retry is not None  # else no row can be SKIPPED
         skipped = sum(1 for o in outputs if o is SKIPPED) if failed else 0  # rows that failed under .safe(): never passed on
-        self.done.put(Done(seqs, [p[0] for p in flight.group], outputs, skipped), stats)
+        self.done.put(Done(seqs, numbers_of(flight.group), outputs, skipped), stats)
 
     # ---- collect: in input order, or as rows finish ----------------------------------------
     def collect_loop(self) -> None:
@@ -349,8 +367,7 @@ class ModelStageThreads:
             stats.items_in += len(entry.seqs)
             skipped += entry.skipped
             if reorder is not None:
-                released = reorder.add_many(zip(entry.seqs, zip(entry.numbers, entry.outputs)))
-                numbers, outputs = (list(t) for t in zip(*released)) if released else ([], [])
+                numbers, outputs = reorder.add_rows(entry.seqs, entry.numbers, entry.outputs)
             else:
                 numbers, outputs = entry.numbers, entry.outputs
             if skipped and outputs:  # the rare case: drop the rows skipped under .safe()
