@@ -36,8 +36,9 @@ from ..plan import ModelStage
 from ..rows import read_inputs, write_outputs
 from .cuda_graphs import GraphRunner, runner_for
 from .cutting import cut_window
-from .devices import autocast, check_finite, free_device_cache, is_device_error, map_tensors, move, precision
+from .devices import autocast, check_finite, free_device_cache, is_device_error, is_out_of_memory, map_tensors, move, precision
 from .failures import FailureLog
+from .groups import Prepared, rows_of
 from .preprocess import Raised, preprocess_items
 from .steps import SKIPPED, Chunk, Guard
 from .transfer import Staged
@@ -48,43 +49,6 @@ from .transfer import staged_batch as _staged_batch
 from .transfer import to_device as _to_device
 
 T = TypeVar("T")
-Prepared = tuple[int, Any, Any, int]  # (source row number, row, prepared item, size)
-
-
-class Unprepared(Sequence[Prepared]):
-    """A batch's rows whose items a worker process prepared and kept (the batch came back
-    collated): each row a :data:`Prepared` with item None, made only when asked for (a retry,
-    named outputs) — no tuple per row on the way to the device and back.
-
-    >>> group = Unprepared([7, 8], ["a", "b"])
-    >>> len(group), group[1], list(group[:1]), numbers_of(group)
-    (2, (8, 'b', None, 0), [(7, 'a', None, 0)], [7, 8])
-    """
-
-    __slots__ = ("numbers", "rows")
-
-    def __init__(self, numbers: list[int], rows: list[Any]):
-        self.numbers, self.rows = numbers, rows
-
-    def __len__(self) -> int:
-        return len(self.numbers)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return Unprepared(self.numbers[i], self.rows[i])
-        return (self.numbers[i], self.rows[i], None, 0)
-
-
-def numbers_of(group: Sequence[Prepared]) -> list[int]:
-    """The source row numbers of a batch's rows."""
-    return group.numbers if isinstance(group, Unprepared) else [p[0] for p in group]
-
-
-def rows_of(group: Sequence[Prepared]) -> list[Any]:
-    """The rows of a batch."""
-    return group.rows if isinstance(group, Unprepared) else [p[1] for p in group]
-
-
 GPU_BATCH_ROWS = (256, 128)  # default batch on a GPU: texts (sorted), other inputs (images)
 GPU_BATCH_TOKENS = 32768  # default padded tokens per batch on a GPU: long texts fill it without running out of memory
 # items sorted together on a GPU: with bucketed widths 12 batch shapes (CUDA graphs) and 1.20 padded
@@ -407,4 +371,4 @@ class ModelBatcher:
 
 def _retry_kind(exc: Exception) -> str:
     """How a failed batch is run again: in ``halves`` after running out of memory, else by ``items``."""
-    return "halves" if type(exc).__name__ == "OutOfMemoryError" else "items"
+    return "halves" if is_out_of_memory(exc) else "items"

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...plan import ModelStage
-from ..batching import InFlight, ModelBatcher, Prepared, Replica, Staged, Unprepared, numbers_of
+from ..batching import InFlight, ModelBatcher, Prepared, Replica, Staged
 from ..devices import bind_device, pin
 from ..failures import FailureLog
+from ..groups import Unprepared, numbers_of
 from ..packing import Cut, Packed, unpacked
 from ..prepare_processes import PreparePool, WorkerLost
 from ..preprocess import Raised, preprocess_items
