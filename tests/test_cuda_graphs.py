@@ -89,10 +89,7 @@ def test_a_recording_that_fails_turns_graphs_off_once():
 
 
 def test_a_recording_out_of_memory_leaves_that_shape_unrecorded_and_graphs_on():
-    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError, by name as the engine sees it
-        pass
-
-    runner = FakeRecording(pooled, fail=OutOfMemoryError("CUDA out of memory"))
+    runner = FakeRecording(pooled, fail=torch.OutOfMemoryError("CUDA out of memory"))
     b = batch_of(2, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning: graphs stay on

@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import user_stacklevel
 from .capture_probe import DATA_SHAPES, HOST_DATA, READ_BACK, probed
-from .devices import map_tensors
+from .devices import is_out_of_memory, map_tensors
 
 MAX_GRAPHS = 64  # signatures recorded per replica (text: ~12 bucketed widths × a few batch sizes)
 MIN_COSINE = 0.999  # a graph's output against the usual forward, per row
@@ -164,7 +164,7 @@ class GraphRunner:
             got = recorded.replay(batch)
             agrees = same_output(expected, got)
         except Exception as exc:  # noqa: BLE001 - any failure to record: run as usual, say so once
-            if type(exc).__name__ == "OutOfMemoryError":  # no room for this shape's graph now (an OOM retry's halves)
+            if is_out_of_memory(exc):  # no room for this shape's graph now (an OOM retry's halves)
                 self.unrecorded.add(key)
                 return expected
             self._turn_off(f"recording a CUDA graph failed ({type(exc).__name__}: {exc})")

@@ -138,6 +138,19 @@ _DEVICE_WIDE = (
 )
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The device ran out of memory for this batch (``torch.OutOfMemoryError``): a smaller
+    batch may fit. The one test of it: the batch retry, the CUDA graph recorder and
+    :func:`is_device_error` all ask here.
+
+    >>> import torch
+    >>> is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory")), is_out_of_memory(RuntimeError("out of memory"))
+    (True, False)
+    """
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
 def is_device_error(exc: BaseException) -> bool:
     """An error of the device or the model's placement, not of one input: a device-side
     assert, tensors on different devices, an accelerator failure. Retrying such a batch item
@@ -147,7 +160,7 @@ def is_device_error(exc: BaseException) -> bool:
     if isinstance(exc, getattr(torch, "AcceleratorError", ())):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) and any(s in text for s in _DEVICE_WIDE)
+    return isinstance(exc, RuntimeError) and not is_out_of_memory(exc) and any(s in text for s in _DEVICE_WIDE)
 
 
 _LEAVES = frozenset({str, bytes, int, float, bool, type(None)})
