@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .page import page
-from .protocol import BadRequest, Shape, embedding_rows, encode_vector, item_failure, parse_json, response_row, run_rows
+from .protocol import BadRequest, Shape, embedding_rows, encode_vector, item_failure, parse_json, response_row, run_rows, under_root
 from .service import QueueFull, Service
 
 logger = logging.getLogger(__name__)
@@ -224,8 +224,8 @@ def _add_pages(app: Any, service: Service, shape: Shape, files_root: Path | None
     async def files(path: str) -> Any:
         if files_root is None:
             return _error("the server serves no files (start it with --files-root DIR)", 404)
-        target = (files_root / path.replace("\0", "")).resolve()  # a NUL byte names no file
-        if "\0" in path or files_root not in target.parents or not target.is_file():
+        target = under_root(files_root, path)
+        if target is None or not target.is_file():
             return _error(f"no file {path!r} under the files root", 404)
         return FileResponse(target)
 

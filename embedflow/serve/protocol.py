@@ -122,6 +122,25 @@ def embedding_rows(payload: Any, shape: Shape, max_items: int) -> list[dict[str,
     return [{shape.text_input: t} for t in texts]
 
 
+def under_root(root: Path, relative: str) -> Path | None:
+    """``root / relative`` with every symlink resolved, when that lies inside ``root`` (itself
+    resolved); None when it lies elsewhere — ``..``, an absolute path, a symlink out, or a
+    sibling folder whose name starts with the root's (``files-secret`` beside ``files``) — or
+    names no path at all (a NUL byte). The one check of ``--files-root``: ``/run``'s paths and
+    the ``/files/`` pages both ask here.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> under_root(root, "a/b.jpg") == root.resolve() / "a" / "b.jpg", under_root(root, "../x"), under_root(root, "/etc/passwd")
+    (True, None, None)
+    """
+    if "\0" in relative:
+        return None
+    root = Path(os.path.realpath(root))
+    path = Path(os.path.realpath(root / relative))
+    return path if root in path.parents else None
+
+
 def file_value(value: Any, index: int, column: str, files_root: Path | None) -> Any:
     """A value of a column an operator opens: ``{"base64": ...}`` becomes bytes; a string is a
     path, accepted only under the server's files root."""
@@ -142,8 +161,8 @@ def file_value(value: Any, index: int, column: str, files_root: Path | None) -> 
     if files_root is None:
         msg = f"rows[{index}].{column}: the server reads no paths (start it with --files-root DIR); upload the file instead"
         raise BadRequest(msg, status=403, index=index)
-    path = Path(os.path.realpath(files_root / value))
-    if path != files_root and files_root not in path.parents:
+    path = under_root(files_root, value)
+    if path is None:
         msg = f"rows[{index}].{column}: {value!r} is outside the server's files root"
         raise BadRequest(msg, status=403, index=index)
     return str(path)
