@@ -100,6 +100,17 @@ def test_chunk_embed_group_equals_averaging_by_hand(long_texts):
         np.testing.assert_allclose(row["vec"], want, atol=1e-5)
 
 
+def test_group_mean_is_the_mean_of_the_parts_vectors_as_they_are():
+    """No normalising afterwards to hide a sum: the mean itself, per group, in float32."""
+    vectors = [np.array([1.0, 2.0]), np.array([3.0, 6.0]), np.array([5.0, -5.0]), np.array([0.5, 0.25]), np.array([1.5, 0.75])]
+    rows = ef.dc["doc", "vec"](zip("aabcc", vectors)).group(column="vec", by="doc").to_list()
+    assert [r["doc"] for r in rows] == ["a", "b", "c"]
+    for row, want in zip(rows, ([2.0, 4.0], [5.0, -5.0], [1.0, 0.5])):
+        assert row["vec"].dtype == np.float32 and row["vec"].tolist() == want
+    parts = ef.dc(["ab", "c"]).flat_map(list).map(lambda ch: np.array([ord(ch), 1.0]))
+    assert [v.tolist() for v in parts.group().to_list()] == [[97.5, 1.0], [99.0, 1.0]]
+
+
 def test_group_by_a_column_keeps_the_list_or_the_first():
     rows = ef.dc["doc", "page"]([("a", 1), ("a", 2), ("b", 3)]).group(column="page", by="doc", reduce="list").to_list()
     assert rows == [{"doc": "a", "page": [1, 2]}, {"doc": "b", "page": [3]}]

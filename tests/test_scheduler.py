@@ -82,6 +82,26 @@ def test_max_batch_tokens_caps_padded_size():
         assert len(batch) * max(map(len, batch)) <= 60 or len(batch) == 1
 
 
+@pytest.mark.parametrize("width", [None, lambda n: -(-n // 16) * 16], ids=["exact", "bucketed"])
+def test_cut_window_never_passes_the_token_cap_and_fills_each_batch(width):
+    """Over random windows: every batch's padded tokens (rows x its widest item's width) stay
+    within max_tokens unless it holds one item, and each batch is as full as the caps allow —
+    the next item would have passed one (the widest counted with the item that widens it)."""
+    rng = random.Random(7)
+    pad = width or (lambda n: n)
+    for _ in range(300):
+        sizes = [rng.choice([1, 2, 3, 5, 8, 13, 40, 90]) + rng.randrange(4) for _ in range(rng.randrange(1, 60))]
+        cap, rows = rng.choice([16, 60, 128, 400]), rng.choice([2, 4, 8, 32])
+        batches = cut_window(sizes, rows, key=lambda n: n, max_tokens=cap, width=width)
+        assert [n for b in batches for n in b] == sorted(sizes)
+        for i, batch in enumerate(batches):
+            padded = len(batch) * pad(max(batch))
+            assert len(batch) <= rows and (padded <= cap or len(batch) == 1), (batch, cap)
+            if i + 1 < len(batches):
+                grown = batch + [batches[i + 1][0]]
+                assert len(grown) > rows or len(grown) * pad(max(grown)) > cap, (batch, batches[i + 1][0], cap)
+
+
 def test_cut_window_and_reorder_units():
     assert cut_window([5, 1, 4, 2, 3], 2, key=lambda n: n) == [[1, 2], [3, 4], [5]]
     assert cut_window([1, 2, 3], 5) == [[1, 2, 3]]

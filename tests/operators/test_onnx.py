@@ -241,3 +241,54 @@ def test_a_read_only_empty_cache_under_auto_runs_torch_with_one_line(tiny_bert, 
     assert cached(chain.plan.steps[0])["cpu"].backend_used == "torch" and err.count("cannot be written") == 1 and "EMBEDFLOW_CACHE" in err
     with pytest.raises(OSError, match="cannot be written.*Fix: set EMBEDFLOW_CACHE"):
         ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx").to_list()
+
+
+def test_an_export_that_differs_from_torch_is_refused(tiny_bert):
+    """check_export's bound (1e-3 on the real tokens) refuses an export whose output moved,
+    and passes the one that agrees."""
+    from embedflow_operators._onnx import Session, check_export
+
+    chain = ef.dc(TEXTS).text_embedding.transformers(model_name=tiny_bert, backend="onnx")
+    chain.to_list()
+    path = _onnx_file(chain)
+    ids = np.array([[101, 2023, 2003, 102], [101, 2460, 102, 0]], dtype=np.int64)
+    arrays = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
+    exact = Session(path, threads=1)(arrays)[0]
+    mask = arrays["attention_mask"][..., None]
+    check_export(path, arrays, exact, "tiny", mask=mask)  # agrees: no error
+    check_export(path, arrays, exact + 5e-4, "tiny", mask=mask)  # within the bound
+    moved = exact.copy()
+    moved[0, 1, 3] += 0.01
+    with pytest.raises(RuntimeError, match=r"tiny: the ONNX export differs from torch by 0\.01 ?; use backend='torch'"):
+        check_export(path, arrays, moved, "tiny", mask=mask)
+    padding_only = exact.copy()
+    padding_only[1, 3] += 1.0  # the padded position of the short text: not compared
+    check_export(path, arrays, padding_only, "tiny", mask=mask)
+
+
+def test_changed_weights_in_the_same_folder_are_exported_again(tiny_bert, tmp_path, monkeypatch, capfd):
+    """The cache key holds each model file's size and modification time: weights saved again
+    in the same folder are not served from the old export."""
+    import shutil
+
+    from transformers import BertModel
+
+    monkeypatch.setenv("EMBEDFLOW_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert, folder)
+
+    def run(backend):
+        return ef.dc(TEXTS).text_embedding.transformers(model_name=str(folder), backend=backend).to_numpy()
+
+    before = run("onnx")
+    torch.manual_seed(1)
+    model = BertModel.from_pretrained(folder)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder)
+    capfd.readouterr()
+    after = run("onnx")
+    assert "exporting" in capfd.readouterr().err
+    np.testing.assert_allclose(after, run("torch"), rtol=1e-3, atol=1e-4)
+    assert not np.allclose(after, before, atol=1e-3)
