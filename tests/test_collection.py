@@ -167,3 +167,43 @@ def test_dir_lists_installed_operators_and_namespaces():
     names = dir(dc)
     assert {"image_decode", "image_embedding", "text_embedding", "normalize", "map", "to_numpy"} <= set(names)
     assert "timm" in dir(dc.image_embedding)
+
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_explain_prints_the_physical_plan_with_the_options_resolved_and_why():
+    chain = ef.dc(["a"]).image_decode(workers=3).map(str).text_embedding.transformers(model_name=MINILM, batch_size=64).normalize().head(2)
+    physical = chain.explain().split("physical plan (local engine)\n", 1)[1].splitlines()
+    assert physical[0] == "  pool    image_decode  (workers=3)"
+    assert physical[1] == "  cheap   map  (1 thread)"
+    assert physical[2].startswith("  model   text_embedding.transformers  (device=cpu (auto: no GPU here), dtype=fp32 (auto: cpu), batch_size=64, ")
+    assert "max_batch_tokens=None" in physical[2] and "sorted in windows of" in physical[2] and physical[2].endswith(", in order)")
+    assert physical[3:] == ["  cheap   normalize  (1 thread)", "  limit   2"]
+    cpu = ef.dc(["a"]).text_embedding.transformers(model_name=MINILM).explain()
+    assert "batch_size=32 (operator default)" in cpu and "processes=" not in cpu.split("physical plan")[1]  # no processes on the CPU
+
+
+def test_explain_says_which_values_a_gpu_changes(monkeypatch):
+    """On CUDA the batch size, token cap, precision and tokenizer processes are chosen for the
+    device — explain() names each as auto, and what the user set stays as set."""
+    from embedflow.engines import physical, prepare_processes
+
+    monkeypatch.setattr(physical, "resolve_devices", lambda asked: ["cuda:0", "cuda:1"])
+    monkeypatch.setattr(physical, "precision", lambda device, dtype: dtype or "bf16")
+    monkeypatch.setattr(prepare_processes, "cpu_count", lambda: 16)
+    auto = ef.dc(["a"]).text_embedding.transformers(model_name=MINILM).explain().split("physical plan")[1]
+    for part in (
+        "device=cuda:0,cuda:1 (auto: every visible GPU)",
+        "dtype=bf16 (auto: cuda)",
+        "batch_size=256 (auto: cuda)",
+        "max_batch_tokens=32768 (auto: cuda)",
+        "sorted in windows of 8192",
+        "processes=14 (auto: cuda, cores)",
+        "workers=14 (auto: one per process)",
+    ):
+        assert part in auto, (part, auto)
+    chosen = ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, batch_size=64, max_batch_tokens=4096, processes=2, dtype="fp16")
+    text = chosen.explain().split("physical plan")[1]
+    for part in ("dtype=fp16,", "batch_size=64,", "max_batch_tokens=4096,", "processes=2,", "workers=2 (auto: one per process)"):
+        assert part in text, (part, text)

@@ -51,3 +51,15 @@ def test_the_block_runs_as_written(line, code, tmp_path):
         table = pq.read_table(tmp_path / "vectors.parquet")
         assert table.num_rows == len(list((ROOT / "data" / "images").glob("*.jpg"))) == 36
         assert table.column_names == ["path", "vec"] and len(table.column("vec")[0]) == 1280
+
+
+def test_every_environment_variable_read_is_in_the_readme_table():
+    """Each EMBEDFLOW_* name the code, the operators or the set-up scripts read is a row of the
+    README's "Environment variables" table — and the table lists no variable nothing reads."""
+    pattern = re.compile(r"\bEMBEDFLOW_[A-Z_]+[A-Z]\b")
+    sources = [*ROOT.joinpath("embedflow").rglob("*.py"), *ROOT.joinpath("operators").rglob("*.py"), *ROOT.joinpath("scripts").glob("*.sh")]
+    read = {name for path in sources for name in pattern.findall(path.read_text())}
+    table = README.read_text().split("## Environment variables", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(EMBEDFLOW_[A-Z_]+)`", table, re.M))
+    assert read - listed == set(), "read but not in the README's table"
+    assert listed - read == set(), "in the README's table but read nowhere"

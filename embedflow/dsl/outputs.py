@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engines import RunStats, execute, stream
+from ..engines import RunStats, describe_physical, execute, stream
 from ..errors import ColumnError
 from ..io.files import ParquetSink, plain_value
 from ..io.milvus import MilvusSink
@@ -175,18 +175,27 @@ class Outputs:
         per stage, the items in and out, the time busy, the throughput and how long the stage
         waited for input or for its consumer — the busiest stage is the bottleneck.
 
+        Under the logical plan (the steps as written) comes the physical plan: the stages the
+        engine runs, every execution option resolved for this machine, and why where embedflow
+        chose it (``batch_size=256 (auto: cuda)``).
+
         >>> import embedflow as ef
-        >>> print(ef.dc([1]).map(abs).explain().splitlines()[-1])
+        >>> print(ef.dc([1]).map(abs).explain())
+        DataCollection plan (nothing has run; device=auto, engine=local)
+          source  dc(list of 1)
           1 map    abs
+        physical plan (local engine)
+          cheap   map  (1 thread, with the source)
         >>> "busiest stage" in ef.dc(range(100)).map(abs).explain(analyze=True)
         True
         """
+        text = "\n".join([self._plan.explain(), *describe_physical(self._plan)])
         if not analyze:
-            return self._plan.explain()
+            return text
         stats = RunStats()
         for _chunk in stream(self._plan, stats=stats, progress=False):
             pass
-        return self._plan.explain().replace("(nothing has run; ", "(analyzed run; ") + "\n" + stats.report()
+        return text.replace("(nothing has run; ", "(analyzed run; ") + "\n" + stats.report()
 
     def show(self, n: int = 10) -> None:
         """Run the plan for its first ``n`` rows and print them as a table (vectors previewed).

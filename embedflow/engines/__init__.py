@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from .base import ENGINES, Engine, get_engine
 from .failures import FailureLog
+from .physical import describe as describe_physical
 from .run import execute, stream
 from .stats import RunStats
 
-__all__ = ["ENGINES", "Engine", "FailureLog", "RunStats", "execute", "get_engine", "stream"]
+__all__ = ["ENGINES", "Engine", "FailureLog", "RunStats", "describe_physical", "execute", "get_engine", "stream"]
