@@ -113,7 +113,7 @@ def main() -> int:
     texts = corpus(args.texts)
     _counting_thread_cpu()
     TransformersTextEmbedding.forward = no_forward
-    chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=args.processes, batch_size=256)
+    chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", processes=args.processes, batch_size=256)
     chain = chain.set_progress(False)
     chain.head(512).to_list()  # loads the tokenizer, starts the workers
     time.sleep(5)  # the workers are ready before anything is timed

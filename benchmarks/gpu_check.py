@@ -107,7 +107,7 @@ def text_rows(n, device, path):
         finally:
             del os.environ["EMBEDFLOW_CUDA_GRAPHS"]
 
-    default, threads, eager = chain(), chain(tokenizer_processes=0), chain()
+    default, threads, eager = chain(), chain(processes=0), chain()
     for c in (default, threads):
         c.head(512).to_list()  # loads the model (replicas are kept), warms the GPU
     without_graphs(eager.head(512))
@@ -131,7 +131,7 @@ def text_rows(n, device, path):
 
     results = {
         "text: embedflow (defaults)": timed(default.to_numpy, 2),
-        "text: embedflow, tokenizer_processes=0 (threads)": timed(threads.to_numpy, 2),
+        "text: embedflow, processes=0 (threads)": timed(threads.to_numpy, 2),
         "text: embedflow, CUDA graphs off (EMBEDFLOW_CUDA_GRAPHS=0)": timed(lambda: without_graphs(eager), 2),
         "text: sentence-transformers half(), batch 256": timed(lambda: st.encode(texts, batch_size=256, normalize_embeddings=True), 2),
         "text: forward-only ceiling (pre-tokenized, fp16, batch 512)": timed(ceiling, 2),
@@ -298,7 +298,7 @@ def probe_rows(n, device, path, images):
         return ef.dc(texts).text_embedding.transformers(model_name=path, device=device, backend="torch", **options).normalize().set_progress(False)
 
     results = {}
-    plain = chain(tokenizer_processes=0)
+    plain = chain(processes=0)
     stage = for_device(lower(plain.plan).model_stages[0], device)
     plain.head(8).to_list()
     from embedflow.engines.replicas import cached

@@ -81,6 +81,10 @@ class Operator:
     #: main process moves batches; errors still name or skip the row; a worker's
     #: ``run_counts`` are added to this operator's before ``run_warnings()``.
     preprocess_processes: int | str | None = None
+    #: old parameter names and the one name each is now (``{"tokenizer_processes":
+    #: "processes"}``): a step given an old name runs as if given the new one, with one
+    #: FutureWarning that says the new spelling; both at once is an error.
+    renamed_params: ClassVar[dict[str, str]] = {}
     #: True: ``forward`` can be recorded as a CUDA graph — the same input shapes launch the same
     #: kernels, no tensor is made from host data and nothing reads a device value back to the
     #: CPU (``embedflow.engines.capture_probe`` checks it, on any device). On CUDA the engine

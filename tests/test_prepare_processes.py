@@ -1,5 +1,5 @@
 """Preparing items in worker processes (an operator's ``preprocess_processes``; for text,
-``tokenizer_processes``): the same vectors, rows, order, truncation warnings and error
+``processes``): the same vectors, rows, order, truncation warnings and error
 handling as preparing in threads; no row lost when a worker dies; no process left behind."""
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def _refuse(*_args):
 def test_processes_give_the_vectors_of_threads_in_order_and_count_cut_texts(sample_texts, monkeypatch):
     texts = _texts(sample_texts)
     with pytest.warns(UserWarning, match="2 text\\(s\\) were longer than 256 tokens"):
-        threads = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0, batch_size=8).to_numpy()
-    chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=2, batch_size=8)
+        threads = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", processes=0, batch_size=8).to_numpy()
+    chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", processes=2, batch_size=8)
     with pytest.warns(UserWarning, match="were longer than"):
         chain.to_numpy()  # the first run may prepare in threads while the workers start
     pool = _started(_pool_of(chain))
@@ -69,8 +69,8 @@ def test_processes_give_the_vectors_of_threads_in_order_and_count_cut_texts(samp
 
 def test_a_bad_row_is_named_or_skipped_with_processes(sample_texts):
     rows = [*sample_texts[:5], 42, *sample_texts[5:9]]
-    chain = ef.dc(rows).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1)
-    expected = ef.dc(sample_texts[:9]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0).to_numpy()
+    chain = ef.dc(rows).text_embedding.transformers(model_name=MINILM, backend="torch", processes=1)
+    expected = ef.dc(sample_texts[:9]).text_embedding.transformers(model_name=MINILM, backend="torch", processes=0).to_numpy()
     with pytest.raises(ItemError, match="row 5 \\(input 42\\).*expects a str, got int: 42"):
         chain.to_list()
     _started(_pool_of(chain))
@@ -78,13 +78,13 @@ def test_a_bad_row_is_named_or_skipped_with_processes(sample_texts):
         chain.to_list()  # now the error comes from the worker process
     failed: list = []
     with pytest.warns(UserWarning, match="1 item\\(s\\) failed and were skipped"):
-        out = ef.dc(rows).safe(errors=failed).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1).to_list()
+        out = ef.dc(rows).safe(errors=failed).text_embedding.transformers(model_name=MINILM, backend="torch", processes=1).to_list()
     assert len(out) == 9 and len(failed) == 1 and failed[0]["row"] == 5 and failed[0]["error_type"] == "TypeError"
     np.testing.assert_allclose(np.stack(out), expected, atol=1e-6)
 
 
 def test_a_killed_worker_loses_no_row_and_is_replaced(sample_texts):
-    chain = ef.dc(sample_texts[:20]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, batch_size=4)
+    chain = ef.dc(sample_texts[:20]).text_embedding.transformers(model_name=MINILM, backend="torch", processes=1, batch_size=4)
     first = chain.to_numpy()
     pool = _started(_pool_of(chain))
     (worker,) = pool.workers
@@ -153,8 +153,20 @@ def test_how_many_processes_and_bad_values():
     assert process_count("auto", "cuda:0", 16) == 14 and process_count("auto", "cuda:0", 6) == 4 and process_count("auto", "cuda:0", 3) == 0
     assert process_count("auto", "cuda:0", 96) == 32  # capped
     assert process_count(3, "cpu") == 3
-    with pytest.raises(ef.ParameterError, match="tokenizer_processes=-1 must be 0 \\(threads\\) or a number of processes"):
-        ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, tokenizer_processes=-1)
+    with pytest.raises(ef.PlanError, match="processes=-1 must be 0 \\(prepare in threads\\) or a number of worker processes"):
+        ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, processes=-1)
+
+
+def test_tokenizer_processes_is_the_old_name_of_processes():
+    """One name per concept (issue 23): the operator's old parameter sets the execution option,
+    says the new spelling once, and cannot disagree with it."""
+    with pytest.warns(FutureWarning, match=r"text_embedding.transformers\(\): tokenizer_processes= is deprecated .* write processes=2") as caught:
+        old = ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, tokenizer_processes=2)
+    assert len(caught) == 1 and caught[0].filename == __file__  # pointed at the user's line
+    assert old.plan.steps[0].options.processes == 2 and "tokenizer_processes" not in old.plan.steps[0].params
+    assert old.explain() == ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, processes=2).explain()
+    with pytest.raises(ef.ParameterError, match=r"tokenizer_processes=2 and processes=4 set one thing .* give processes= only"):
+        ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, tokenizer_processes=2, processes=4)
 
 
 def test_the_processes_option_prepares_images_as_threads_do(sample_images, monkeypatch):
@@ -196,8 +208,8 @@ def test_a_worker_killed_mid_run_loses_no_row(sample_texts, monkeypatch):
 
     monkeypatch.setattr(lowering, "LOOKAHEAD_ITEMS", 8)  # sort windows of 16 rows: a worker gets several requests
     texts = sample_texts[:40]
-    expected = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0, batch_size=4).to_numpy()
-    chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, batch_size=4)
+    expected = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", processes=0, batch_size=4).to_numpy()
+    chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", processes=1, batch_size=4)
     chain.head(1).to_list()  # starts the worker
     pool = _started(_pool_of(chain))
     calls = []
@@ -218,7 +230,7 @@ def test_a_worker_killed_mid_run_loses_no_row(sample_texts, monkeypatch):
 def test_an_input_that_cannot_travel_is_prepared_here(sample_texts):
     rows = [*sample_texts[:3], lambda: "not a text", *sample_texts[3:6]]
     failed: list = []
-    chain = ef.dc(rows).safe(errors=failed).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1)
+    chain = ef.dc(rows).safe(errors=failed).text_embedding.transformers(model_name=MINILM, backend="torch", processes=1)
     with pytest.warns(UserWarning, match="1 item\\(s\\) failed"):
         chain.to_list()
     pool = _started(_pool_of(chain))
@@ -284,9 +296,9 @@ def test_no_process_can_be_started_then_threads_prepare(sample_texts, monkeypatc
     def refuse(*_args, **_kwargs):
         raise OSError(11, "Resource temporarily unavailable")
 
-    expected = ef.dc(sample_texts[:5]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0).to_numpy()
+    expected = ef.dc(sample_texts[:5]).text_embedding.transformers(model_name=MINILM, backend="torch", processes=0).to_numpy()
     monkeypatch.setattr(subprocess, "Popen", refuse)
-    chain = ef.dc(sample_texts[:5]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=2)
+    chain = ef.dc(sample_texts[:5]).text_embedding.transformers(model_name=MINILM, backend="torch", processes=2)
     with pytest.warns(
         UserWarning, match="processes=2: the worker processes could not be started \\(BlockingIOError: .*Resource temporarily unavailable"
     ):
@@ -297,7 +309,7 @@ def test_no_process_can_be_started_then_threads_prepare(sample_texts, monkeypatc
 def test_a_worker_that_cannot_be_restarted_stops_the_workers_once(sample_texts, monkeypatch):
     import subprocess
 
-    chain = ef.dc(sample_texts[:12]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, batch_size=4)
+    chain = ef.dc(sample_texts[:12]).text_embedding.transformers(model_name=MINILM, backend="torch", processes=1, batch_size=4)
     first = chain.to_numpy()
     pool = _started(_pool_of(chain))
     os.kill(pool.workers[0].process.pid, signal.SIGKILL)
@@ -348,9 +360,9 @@ def test_a_failing_batch_from_a_worker_is_retried_row_by_row(sample_texts, monke
     """A batch a worker cut and collated fails in the forward: its rows are prepared again here
     and run one by one, so only the bad row is skipped and the others keep their vectors."""
     texts = [*sample_texts[:6], "poison " * 60, *sample_texts[6:10]]
-    expected = ef.dc(sample_texts[:10]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=0).to_numpy()
+    expected = ef.dc(sample_texts[:10]).text_embedding.transformers(model_name=MINILM, backend="torch", processes=0).to_numpy()
     failed: list = []
-    chain = ef.dc(texts).safe(errors=failed).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, batch_size=4)
+    chain = ef.dc(texts).safe(errors=failed).text_embedding.transformers(model_name=MINILM, backend="torch", processes=1, batch_size=4)
     chain.to_list()
     pool = _started(_pool_of(chain))
     (op,) = cached(chain.plan.steps[-1]).values()
@@ -386,7 +398,7 @@ def test_the_workers_start_before_the_weights_load(sample_texts, monkeypatch):
         return real(self, device)
 
     monkeypatch.setattr(TransformersTextEmbedding, "setup", setup)
-    chain = ef.dc(sample_texts[:3]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, max_length=77)
+    chain = ef.dc(sample_texts[:3]).text_embedding.transformers(model_name=MINILM, backend="torch", processes=1, max_length=77)
     assert len(chain.to_list()) == 3
     assert len(seen) == 1 and seen[0] is not None and seen[0] is _pool_of(chain)
 
@@ -402,6 +414,6 @@ def test_workers_started_for_a_model_that_fails_to_load_end_at_once(monkeypatch)
 
     monkeypatch.setattr(TransformersTextEmbedding, "setup", failing_setup)
     with pytest.raises(OSError, match="the weights are unreadable"):
-        ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, backend="torch", tokenizer_processes=1, max_length=78).to_list()
+        ef.dc(["a"]).text_embedding.transformers(model_name=MINILM, backend="torch", processes=1, max_length=78).to_list()
     (pool,) = pools
     assert pool is not None and all(w.process.poll() is not None for w in pool.workers)  # no worker left behind

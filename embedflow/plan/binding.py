@@ -18,10 +18,11 @@ import copy
 import inspect
 import types
 import typing
+import warnings
 from typing import Any
 
 from .. import registry
-from ..errors import ParameterError, did_you_mean, short_repr
+from ..errors import ParameterError, did_you_mean, short_repr, user_stacklevel
 from ..operator import FunctionOperator, Operator, is_operator_class
 from .nodes import EXECUTION_OPTIONS, Apply, ExecOptions
 
@@ -155,6 +156,36 @@ def instantiate(step: Apply, copy_instance: bool = False) -> Operator:
     return FunctionOperator(obj, step.params)
 
 
+def renamed(name: str, renames: dict[str, str], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with each old parameter name (a key of ``renames``) replaced by its new one,
+    with a FutureWarning naming the new spelling; an old and a new name given together are an
+    error — they set one thing.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     renamed("op", {"old": "new"}, {"old": 2, "x": 1})
+    {'x': 1, 'new': 2}
+    >>> str(caught[0].message)
+    'op(): old= is deprecated and will be removed; it is new= now (the same setting): write new=2'
+    """
+    params = dict(kwargs)
+    for old, new in renames.items():
+        if old not in params:
+            continue
+        value = params.pop(old)
+        if new in params:
+            msg = f"{name}(): {old}={value!r} and {new}={params[new]!r} set one thing ({old}= is {new}='s old name); give {new}= only"
+            raise ParameterError(msg)
+        params[new] = value
+        warnings.warn(
+            f"{name}(): {old}= is deprecated and will be removed; it is {new}= now (the same setting): write {new}={value!r}",
+            FutureWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return params
+
+
 def bind_operator(
     name: str,
     kwargs: dict[str, Any],
@@ -171,9 +202,9 @@ def bind_operator(
     validated against the operator's signature and type hints, then one instance is built (cheap
     by contract) so the operator's own checks run now too.
     """
-    params = dict(kwargs)
-    options = ExecOptions.from_kwargs(name, params)
     target = obj if obj is not None else registry.get_operator(name)
+    params = renamed(name, getattr(target, "renamed_params", None) or {}, kwargs)
+    options = ExecOptions.from_kwargs(name, params)
     n_inputs = len(inputs) if inputs else 1
     if not isinstance(target, Operator):
         check_params(name, target, params, n_inputs)

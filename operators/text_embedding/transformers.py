@@ -84,19 +84,21 @@ class TransformersTextEmbedding(Operator):
             0.995 against fp32 (benchmarks/bench_quantize.py); the export is refused if the
             cosine on a check batch falls under 0.99. ``None`` (default): full precision.
             (This is the model's weights; ``precision=`` is the output vectors'.)
-        tokenizer_processes: tokenize in this many worker processes (beyond the GIL: one
-            process's threads stop near 15,000 texts/s); ``0``: in this process's threads;
-            default: all the cores but two when the model runs on a GPU, else 0. The
-            engine runs them (the operator's ``preprocess_processes``); they live as long as
-            the loaded model (the chain) and end with the program.
 
     Each result is a float32 numpy array: shape ``(hidden,)``, or ``(tokens, hidden)`` for
     ``pooling="none"``. Not normalised: add ``.normalize()`` for cosine similarity (it then
     matches sentence-transformers' ``encode``).
+
+    Tokenizing runs in worker processes on a GPU (beyond the GIL: one process's threads stop
+    near 15,000 texts/s): all the cores but two by default, ``processes=N`` (the execution
+    option of every model step) to choose, ``processes=0`` for this process's threads. They
+    live as long as the loaded model (the chain) and end with the program.
     """
 
     batchable = True
     default_batch_size = 32
+    preprocess_processes = "auto"
+    renamed_params = {"tokenizer_processes": "processes"}
 
     def __init__(
         self,
@@ -115,7 +117,6 @@ class TransformersTextEmbedding(Operator):
         ranges: Any = None,
         calibration: Any = None,
         return_token_ids: bool = False,
-        tokenizer_processes: int | None = None,
     ):
         if not isinstance(model_name, str) or not model_name:
             msg = f"text_embedding.transformers: model_name={model_name!r} must be a hub id or a folder path"
@@ -156,12 +157,6 @@ class TransformersTextEmbedding(Operator):
         self.pooling = pooling
         self.max_length = max_length
         self.trust_remote_code = bool(trust_remote_code)
-        if tokenizer_processes is not None and (
-            isinstance(tokenizer_processes, bool) or not isinstance(tokenizer_processes, int) or tokenizer_processes < 0
-        ):
-            msg = f"text_embedding.transformers: tokenizer_processes={tokenizer_processes!r} must be 0 (threads) or a number of processes such as 8"
-            raise ValueError(msg)
-        self.preprocess_processes = "auto" if tokenizer_processes is None else tokenizer_processes
         self.run_counts: Counter[str] = Counter()  # texts cut to the length limit (summed over worker processes)
 
     # ---- loading ---------------------------------------------------------------------------

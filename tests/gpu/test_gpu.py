@@ -51,7 +51,7 @@ def test_text_on_the_gpu_equals_the_cpu(sample_texts, minilm, dtype, processes):
         pytest.skip("this GPU has no bfloat16")
     texts = sample_texts * 20  # several GPU batches: the next one is launched before this one is finished
     cpu = ef.dc(texts).text_embedding.transformers(model_name=minilm, device="cpu", backend="torch").normalize().to_numpy()
-    chain = ef.dc(texts).text_embedding.transformers(model_name=minilm, device="cuda", dtype=dtype, tokenizer_processes=processes)
+    chain = ef.dc(texts).text_embedding.transformers(model_name=minilm, device="cuda", dtype=dtype, processes=processes)
     gpu = chain.normalize().to_numpy()
     assert gpu.shape == cpu.shape
     assert float((cpu * gpu).sum(1).min()) > 0.999
