@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import PlanError
 from ..plan import Apply, CheapStage, ModelStage, PhysicalPlan, PoolStage, Stage
 from ..rows import read_inputs, write_outputs
+from . import runtimes
 from .batching import ModelBatcher, Replica, make_replica
 from .devices import default_workers, resolve_devices
 from .failures import FailureLog
@@ -32,10 +32,7 @@ class ChunkRunner:
     when it is created (one replica per model stage, on the stage's first device)."""
 
     def __init__(self, physical: PhysicalPlan):
-        for stage in physical.stages:
-            if not isinstance(stage, (CheapStage, PoolStage, ModelStage)):
-                msg = f"a {type(stage).__name__.removesuffix('Stage').lower()} step needs the whole stream; it cannot run on rows gathered from requests"
-                raise PlanError(msg)
+        runtimes.check(physical, "server")
         self.physical = physical
         self.replicas = {id(s): self._replica(s) for s in physical.model_stages}
         cpu_models = any(r.device == "cpu" for r in self.replicas.values())

@@ -29,6 +29,7 @@ from ...errors import user_stacklevel
 from ...operator import Operator, expecting
 from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
 from ...rows import read_inputs, write_outputs
+from .. import runtimes
 from ..base import Engine
 from ..batching import Replica, for_device, make_replica
 from ..devices import default_workers, resolve_devices
@@ -82,6 +83,7 @@ class LocalEngine(Engine):
                 stats.wall, stats.rows = run.stats.wall, run.stats.rows
 
     def _build(self, physical: PhysicalPlan, failures: FailureLog, run: Run, progress: Callable[[int], Any] | None) -> Channel:
+        runtimes.check(physical, "local")
         with expecting(physical.source.rows_to_read):  # a short run may skip an export (expected_items)
             replicas = {id(s): self._replicas(s) for s in physical.model_stages}
         run.replicas = [r for reps in replicas.values() for r in reps]

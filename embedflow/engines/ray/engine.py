@@ -27,7 +27,8 @@ from typing import Any
 
 from ...errors import PlanError
 from ...models import allowed_imports
-from ...plan import Batch, CheapStage, Group, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
+from ...plan import CheapStage, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage
+from .. import runtimes
 from ..base import Engine
 from ..failures import FailureLog
 from ..stats import RunStats
@@ -92,16 +93,6 @@ def prepare_in_tasks(use_gpu: bool, stage: ModelStage) -> bool:
     return use_gpu and can_prepare_elsewhere(stage)
 
 
-def _check(physical: PhysicalPlan) -> None:
-    """Fail before Ray starts for what has no Ray form."""
-    for stage in physical.stages:
-        steps = stage.steps if isinstance(stage, CheapStage) else ()
-        if isinstance(stage, WholeStage) or any(isinstance(s, (Batch, Group)) for s in steps):
-            kind = stage.step.kind if isinstance(stage, WholeStage) else next(s.kind for s in steps if isinstance(s, (Batch, Group)))
-            msg = f"{kind}() has no Ray Data form in embedflow yet; run this chain with set_engine('local')"
-            raise PlanError(msg)
-
-
 # --------------------------------------------------------------------------- the source
 @functools.cache
 def _parts_datasource() -> type:
@@ -161,7 +152,7 @@ class RayEngine(Engine):
     def run(
         self, physical: PhysicalPlan, failures: FailureLog, stats: RunStats | None = None, progress: Callable[[int], Any] | None = None
     ) -> Iterator[Chunk]:
-        _check(physical)
+        runtimes.check(physical, "ray")
         ordered = all(s.ordered for s in physical.model_stages) if physical.model_stages else True
         ray = ensure_ray(self.address, ordered)
         ds = _read_source(physical, ray, failures)
