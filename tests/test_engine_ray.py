@@ -53,6 +53,15 @@ def test_text_chain_equals_the_local_engine(sample_texts):
     np.testing.assert_allclose(np.stack([r["vec"] for r in remote]), np.stack([r["vec"] for r in local]), atol=1e-6)
 
 
+def test_workers_and_batch_size_mean_on_ray_what_they_mean_locally(sample_texts, sample_images):
+    """workers= is how many prepare a step's items at once (decode tasks; an actor's threads),
+    no longer the number of model actors; batch_size= the rows per forward. Same output."""
+    texts = ef.dc(sample_texts[:40]).text_embedding.transformers(model_name="sentence-transformers/all-MiniLM-L6-v2", workers=2, batch_size=8)
+    np.testing.assert_allclose(np.stack(texts.set_engine("ray").to_list()), np.stack(texts.to_list()), atol=1e-6)
+    images = ef.dc([str(p) for p in sample_images[:6]]).image_decode(workers=2).map(lambda img: img.size)
+    assert images.set_engine("ray").to_list() == images.to_list()
+
+
 def test_cheap_steps_head_filter_and_order():
     chain = ef.dc(range(500)).map(lambda x: x * 2).filter(lambda x: x % 3 == 0).head(40)
     assert chain.set_engine("ray").to_list() == chain.to_list()

@@ -72,3 +72,47 @@ def test_a_stage_kind_no_runtime_knows_is_an_error_in_each_runtime():
 def test_the_server_runner_refuses_a_whole_stream_step_before_loading_anything():
     with pytest.raises(ef.PlanError, match="a head step needs the whole stream; it cannot run on rows gathered from requests"):
         ChunkRunner(lower(CHAINS["head"]().plan))
+
+
+class Recorder(ef.Operator):
+    """Per item (a pool stage) or batchable (a model stage): records the thread of each preprocess."""
+
+    def __init__(self, batchable: bool = False):
+        self.batchable = batchable
+        self.threads: list[str] = []
+        self.lock = __import__("threading").Lock()
+
+    def preprocess(self, x):
+        import threading
+        import time
+
+        with self.lock:
+            self.threads.append(threading.current_thread().name)
+        time.sleep(0.01)  # long enough that parts overlap
+        return x
+
+    def forward(self, batch):
+        return batch
+
+    def collate(self, items):
+        return items
+
+
+@pytest.mark.parametrize("batchable", [False, True], ids=["pool stage", "model stage"])
+def test_workers_means_the_threads_preparing_a_steps_items_on_the_local_engine_and_the_server(batchable):
+    """workers=3 on the same chain: the local engine and the server's runner each prepare the
+    step's items in 3 threads (the server ignored workers= before issue 23)."""
+    from embedflow.engines.replicas import ready
+
+    chain = ef.dc(list(range(30))).map(Recorder(batchable), workers=3)
+    assert chain.to_list() == list(range(30))
+    ((_d, local_op),) = ready(chain.plan.steps[0], ["cpu"])
+    assert len(set(local_op.threads)) == 3
+    physical = lower(chain.plan)
+    runner = ChunkRunner(physical)
+    try:
+        assert runner.run(list(range(30)), list(range(30)), FailureLog()) == (list(range(30)), list(range(30)))
+    finally:
+        runner.close()
+    ((_d, served),) = ready(chain.plan.steps[0], ["cpu"])
+    assert len(set(served.threads[30:])) == 3

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -78,7 +79,7 @@ def for_device(stage: ModelStage, device: str) -> ModelStage:
         changes.update(
             batch_size=max(rows, stage.batch_size), window=max(stage.window, GPU_SORT_WINDOW) if stage.sorts else max(rows, stage.batch_size)
         )
-    if stage.sorts and options.max_batch_tokens is None:
+    if stage.sorts and stage.max_batch_tokens is None:  # unset by the user and by the runtime (a server's latency cap)
         changes["max_batch_tokens"] = GPU_BATCH_TOKENS
     return replace(stage, **changes) if changes else stage
 
@@ -349,12 +350,27 @@ class ModelBatcher:
         return out
 
     # ---- everything at once ------------------------------------------------------------------
-    def process(self, replica: Replica, numbers: Sequence[int], rows: list[Any], sizes: dict[int, int] | None = None) -> Chunk:
+    def process(
+        self,
+        replica: Replica,
+        numbers: Sequence[int],
+        rows: list[Any],
+        sizes: dict[int, int] | None = None,
+        pool: Executor | None = None,
+        workers: int = 1,
+    ) -> Chunk:
         """Prepare, cut, collate and forward ``rows`` in one call; the output in input order
         without the rows that failed under ``.safe()``. For engines that batch elsewhere (a
         Ray actor gets a block of rows) and for requests gathered by a server; ``sizes``
-        receives each prepared row's size (its ``sort_key``: tokens, for text)."""
-        return self.process_prepared(replica, [p for p in self.prepare(numbers, rows) if p is not SKIPPED], sizes)
+        receives each prepared row's size (its ``sort_key``: tokens, for text). With ``pool``
+        (the step's ``workers=`` threads) the rows are prepared in ``workers`` parts at once."""
+        if pool is None or workers < 2 or len(rows) < 2:
+            prepared = self.prepare(numbers, rows)
+        else:
+            step = -(-len(rows) // workers)
+            cuts = range(0, len(rows), step)
+            prepared = [p for part in pool.map(lambda i: self.prepare(numbers[i : i + step], rows[i : i + step]), cuts) for p in part]
+        return self.process_prepared(replica, [p for p in prepared if p is not SKIPPED], sizes)
 
     def process_prepared(self, replica: Replica, prepared: list[Prepared], sizes: dict[int, int] | None = None) -> Chunk:
         """:meth:`process` for items prepared elsewhere (Ray's CPU tasks): cut, collate, forward."""

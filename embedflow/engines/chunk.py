@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from ..plan import Apply, CheapStage, ModelStage, PhysicalPlan, PoolStage, Stage
 from ..rows import read_inputs, write_outputs
 from . import runtimes
-from .batching import ModelBatcher, Replica, make_replica
+from .batching import ModelBatcher, Replica, for_device, make_replica
 from .devices import default_workers, resolve_devices
 from .failures import FailureLog
 from .replicas import ready
@@ -33,10 +34,19 @@ class ChunkRunner:
 
     def __init__(self, physical: PhysicalPlan):
         runtimes.check(physical, "server")
-        self.physical = physical
         self.replicas = {id(s): self._replica(s) for s in physical.model_stages}
+        # model stages sized for their device as every runtime sizes them (256 texts on CUDA
+        # unless set; a cap the server set on tokens stays)
+        self.physical = replace(
+            physical, stages=tuple(for_device(s, self.replicas[id(s)].device) if isinstance(s, ModelStage) else s for s in physical.stages)
+        )
+        self.replicas = {id(sized): self.replicas[id(s)] for s, sized in zip(physical.stages, self.physical.stages) if isinstance(s, ModelStage)}
         cpu_models = any(r.device == "cpu" for r in self.replicas.values())
-        self.pool = ThreadPoolExecutor(default_workers(cpu_models), thread_name_prefix="embedflow-chunk")
+        default = default_workers(cpu_models)
+        # workers= means what it means on every runtime: the threads preparing the step's items
+        self.workers = {id(s): s.workers or default for s in self.physical.stages if isinstance(s, PoolStage)}
+        self.workers.update({id(s): s.workers for s in self.physical.model_stages if s.workers})
+        self.pool = ThreadPoolExecutor(max([default, *self.workers.values()]), thread_name_prefix="embedflow-chunk")
         self.ops = {
             id(step): op
             for stage in physical.stages
@@ -67,8 +77,9 @@ class ChunkRunner:
             elif isinstance(stage, PoolStage):
                 chunk = self._pool(stage, chunk, failures)
             else:
-                replica = self.replicas[id(stage)]
-                chunk = ModelBatcher(stage, replica.op, failures).process(replica, chunk[0], chunk[1], sizes if stage.sorts else None)
+                replica, workers = self.replicas[id(stage)], self.workers.get(id(stage), 1)
+                batcher = ModelBatcher(stage, replica.op, failures)
+                chunk = batcher.process(replica, chunk[0], chunk[1], sizes if stage.sorts else None, self.pool, workers)
         return chunk
 
     def _pool(self, stage: PoolStage, chunk: Chunk, failures: FailureLog) -> Chunk:
@@ -81,8 +92,14 @@ class ChunkRunner:
             except Exception as exc:  # noqa: BLE001 - the step's policy decides
                 return guard.handle(number, row, exc)
 
-        numbers = list(chunk[0])
-        return drop_skipped(numbers, list(self.pool.map(one, numbers, chunk[1])))
+        numbers, rows = list(chunk[0]), chunk[1]
+        workers = self.workers[id(stage)]
+        step_size = max(1, -(-len(rows) // workers))  # workers parts at once, whatever the pool's size
+
+        def part(i: int) -> list[Any]:
+            return [one(n, r) for n, r in zip(numbers[i : i + step_size], rows[i : i + step_size])]
+
+        return drop_skipped(numbers, [out for done in self.pool.map(part, range(0, len(rows), step_size)) for out in done])
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -204,7 +204,9 @@ class RayEngine(Engine):
         if not steps:
             return ds
         task = cheap_task(ship(steps), physical.key_column, allowed_imports())
-        return ds.map_batches(task, batch_format="numpy", batch_size=ROWS_PER_BLOCK, zero_copy_batch=False)
+        workers = [st.workers for st in stages if isinstance(st, PoolStage) and st.workers]
+        limit = {"concurrency": min(workers)} if workers else {}  # workers=: at most that many tasks at once
+        return ds.map_batches(task, batch_format="numpy", batch_size=ROWS_PER_BLOCK, zero_copy_batch=False, **limit)
 
     @staticmethod
     def _model(ds: Any, stage: ModelStage, physical: PhysicalPlan, ray: Any) -> Any:
@@ -220,13 +222,16 @@ class RayEngine(Engine):
         # a Ray batch is the actor's sort window: length-sorting pays only over a few thousand
         # items (4 batches of 32 texts pad ~2x more than 2,048)
         ray_batch = max(stage.window, stage.batch_size * 4)
-        concurrency = stage.workers or (int(gpus_in_cluster) if use_gpu and gpus_in_cluster else 1)
+        # one actor per GPU (as the local engine has one replica per device), one on the CPU;
+        # workers= is what it is on every runtime: how many prepare the step's items at once
+        concurrency = int(gpus_in_cluster) if use_gpu and gpus_in_cluster else 1
         lean = replace(stage, step=portable_step(stage.step))
         device = "cuda" if use_gpu else "cpu"
         prepared = prepare_in_tasks(use_gpu, lean)
         if prepared:  # a GPU actor's one CPU would cap it (~170 images/s for timm's transform): CPU tasks prepare
             task = prepare_task(ship(lean), device, physical.key_column, allowed_imports())
-            ds = ds.map_batches(task, batch_format="numpy", batch_size=ROWS_PER_BLOCK, num_cpus=1, zero_copy_batch=False)
+            limit = {"concurrency": stage.workers} if stage.workers else {}
+            ds = ds.map_batches(task, batch_format="numpy", batch_size=ROWS_PER_BLOCK, num_cpus=1, zero_copy_batch=False, **limit)
         return ds.map_batches(
             ModelActor,
             fn_constructor_kwargs={

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import pickle
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -150,6 +151,8 @@ class ModelActor:
         self.replica = make_replica(self.device, fresh(self.stage.step, self.device), self.stage.dtype, label=self.stage.step.label)
         self.key_column = key_column
         self.prepared = prepared  # rows arrive as (row, item, size) from prepare_task
+        workers = self.stage.workers or 1
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="embedflow-actor-prepare") if workers > 1 and not prepared else None
 
     @carry_errors
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +162,6 @@ class ModelActor:
         if self.prepared:
             items = [(n, row, item, size) for n, (row, item, size) in zip(numbers, rows)]
             out_numbers, out_rows = batcher.process_prepared(self.replica, items)
-        else:
-            out_numbers, out_rows = batcher.process(self.replica, numbers, rows)
+        else:  # the actor prepares its own items: in workers= threads when the step says so
+            out_numbers, out_rows = batcher.process(self.replica, numbers, rows, pool=self.pool, workers=self.stage.workers or 1)
         return encode(out_numbers, out_rows, markers, log.records)
