@@ -1,6 +1,6 @@
 # The two commands a newcomer needs. Both create or refresh .venv first (scripts/bootstrap.sh).
 #   make run    the main job: the YAML pipeline pipelines/text_embedding.yaml on bundled data
-#   make test   lint (ruff, import-linter layer contracts) and the tests not marked slow;
+#   make test   lint (ruff, import-linter layer contracts, mypy on embedflow/) and the tests not marked slow;
 #               with CI set (.ci/run sets it) every test, and the 20 slowest printed
 #   make test-all  every test, as CI runs them
 # and more:
@@ -23,6 +23,7 @@ lint: venv
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports --no-cache
+	.venv/bin/mypy
 
 test: lint
 	$(PY) -m pytest $(if $(CI),--durations=20,-m "not slow")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+import types
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -61,7 +62,7 @@ class ItemError(EmbedflowError):
         )
         super().__init__(msg)
 
-    def __reduce__(self):  # keep picklable across processes
+    def __reduce__(self) -> tuple[Any, ...]:  # keep picklable across processes
         return (type(self), (self.step, self.row, self.item, self.cause))
 
 
@@ -124,7 +125,8 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def user_stacklevel() -> int:
     """The ``stacklevel`` for ``warnings.warn`` that points at the first caller outside
     embedflow (the line of user code that ran the chain), however deep the call came from."""
-    frame, level = sys._getframe(1), 1
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level
@@ -138,7 +140,7 @@ def remember_user_site() -> None:
     """Note the user's line that is starting a run (the engine calls this in the caller's
     thread), so that a warning raised later in one of its worker threads points there."""
     global _user_site
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame = frame.f_back
     if frame is not None:
@@ -156,7 +158,8 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     >>> str(caught[0].message), caught[0].filename.endswith(".py") or caught[0].filename.startswith("<doctest")
     ('careful', True)
     """
-    frame, level = sys._getframe(1), 1
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     in_thread_pool = frame is None or any(part in frame.f_code.co_filename for part in _THREAD_STARTS)

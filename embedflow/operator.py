@@ -18,7 +18,7 @@ import contextlib
 import functools
 import inspect
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any, ClassVar
 
@@ -129,7 +129,7 @@ class Operator:
         """``Name(param=value, ...)`` for the ``__init__`` parameters that differ from their
         defaults, read from attributes of the same name (the scikit-learn convention)."""
         try:
-            params = inspect.signature(type(self).__init__).parameters.values()
+            params: Iterable[inspect.Parameter] = inspect.signature(type(self).__init__).parameters.values()
         except (TypeError, ValueError):  # pragma: no cover - a C-level __init__
             params = []
         shown = []

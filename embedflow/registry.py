@@ -167,7 +167,7 @@ def operator_source(name: str) -> str:
 def namespaces() -> list[str]:
     """Every dotted prefix of a registered name (``image_embedding`` for ``image_embedding.timm``)."""
     _read_entry_points()
-    out = set()
+    out: set[str] = set()
     for name in _entries:
         parts = name.split(".")
         out.update(".".join(parts[:i]) for i in range(1, len(parts)))

@@ -43,7 +43,7 @@ class TokenChunks:
         return {"model_name": self.model_name, "max_tokens": self.max_tokens, "overlap": self.overlap}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+        type(self).__init__(self, **state)
 
     def _load(self) -> tuple[Any, int]:
         with self._lock:
@@ -72,7 +72,8 @@ class TokenChunks:
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
         if not offsets:
             return [(text, 0)]
-        step, parts, start = limit - self.overlap, [], 0
+        step, start = limit - self.overlap, 0
+        parts: list[tuple[str, int]] = []
         while True:
             end = min(start + limit, len(offsets))
             parts.append((text[offsets[start][0] : offsets[end - 1][1]], len(parts)))

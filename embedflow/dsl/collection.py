@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from .. import registry
 from ..engines import ENGINES, FailureLog, get_engine
@@ -236,7 +236,7 @@ class DataCollection(Outputs):
                 msg = "group: by= names a column; these rows have none (select columns with ef.dc['col'](...))"
                 raise PlanError(msg)
             return self._with(Group(column="", by=None, reduce=reduce, on_error=self._on_error))
-        return self._with(Group(column=column, by=by, reduce=reduce, on_error=self._on_error))
+        return self._with(Group(column=cast(str, column), by=by, reduce=reduce, on_error=self._on_error))  # named: column given
 
     def batch(self, n: int) -> DataCollection:
         """Group consecutive rows into lists of ``n`` rows (the last may be shorter).

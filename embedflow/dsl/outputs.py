@@ -118,7 +118,7 @@ class Outputs:
         import numpy as np
 
         rows = self.to_list()
-        if self.named:
+        if self._named:
             column = vector or "vec"
             if rows and column not in rows[0]:
                 msg = f"to_index: no column {column!r} in the rows (columns: {list(rows[0])}); name the vector column with vector="

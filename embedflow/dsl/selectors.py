@@ -57,7 +57,7 @@ class Selectable:
 
     def __init__(self, method: Callable[..., Any]):
         self.method = method
-        functools.update_wrapper(self, method)
+        functools.update_wrapper(self, method)  # type: ignore[arg-type]  # an object, not a function, takes the name and docs
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from ..errors import PlanError
@@ -35,7 +35,7 @@ class Engine(ABC):
         failures: FailureLog,
         stats: RunStats | None = None,
         progress: Callable[[int], Any] | None = None,
-    ) -> Iterator[Chunk]:
+    ) -> Generator[Chunk, None, None]:
         """Run ``physical`` and yield chunks ``(row numbers, rows)`` of output.
 
         A row number is the output row's source row (counted from 0). Rows come in input

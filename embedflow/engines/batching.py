@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..errors import DeviceError, EmbedflowError, user_stacklevel
+from ..hooks import CastsWeights, PadsToWidths, PreparesOnDevice, SortsBySize
 from ..operator import Operator
 from ..plan import ModelStage
 from ..rows import read_inputs, write_outputs
@@ -120,8 +121,8 @@ def make_replica(device: str, op: Operator, dtype: str | None, non_blocking: boo
     wanted = precision(device, dtype)
     stream = _copy_stream(device) if non_blocking else None
     graphs = runner_for(op, device, label or type(op).__name__)
-    staging = _copy_stream(device) if callable(getattr(op, "prepare_on_device", None)) else None
-    cast = getattr(op, "cast_weights", None)
+    staging = _copy_stream(device) if isinstance(op, PreparesOnDevice) else None
+    cast = op.cast_weights if isinstance(op, CastsWeights) else None
     if wanted != "fp32" and cast is not None:
         import torch
 
@@ -143,9 +144,9 @@ class ModelBatcher:
         self.op = op
         self.batch_size = stage.batch_size
         self.window = stage.window
-        self.sort_key: Callable[[Any], int] | None = op.sort_key if stage.sorts else None  # type: ignore[attr-defined]
+        self.sort_key: Callable[[Any], int] | None = op.sort_key if stage.sorts and isinstance(op, SortsBySize) else None
         self.max_tokens = stage.max_batch_tokens if stage.sorts else None
-        self.width: Callable[[int], int] | None = getattr(op, "padded_size", None) if stage.sorts else None
+        self.width: Callable[[int], int] | None = op.padded_size if stage.sorts and isinstance(op, PadsToWidths) else None
         self.warned_memory = False
 
     # ---- prepare ---------------------------------------------------------------------------
@@ -203,7 +204,11 @@ class ModelBatcher:
         forward thread never waits for the decode."""
         import torch
 
-        prepare = replica.op.prepare_on_device  # type: ignore[attr-defined]
+        op = replica.op
+        if not isinstance(op, PreparesOnDevice):
+            msg = f"{self.step.label}: its operator has no prepare_on_device(batch) to stage"
+            raise TypeError(msg)
+        prepare = op.prepare_on_device
         if replica.stage_stream is None:
             with torch.inference_mode():
                 return Staged(prepare(move(collated, replica.device, non_blocking=replica.non_blocking)), None)
@@ -225,8 +230,8 @@ class ModelBatcher:
                 batch = _staged_batch(replica, staged)
             else:  # a CPU replica takes the collated batch as it is (no .to per tensor)
                 batch = collated if replica.device == "cpu" else _to_device(replica, collated)
-            if staged is None and callable(getattr(replica.op, "prepare_on_device", None)):
-                batch = replica.op.prepare_on_device(batch)  # type: ignore[attr-defined]
+            if staged is None and isinstance(replica.op, PreparesOnDevice):
+                batch = replica.op.prepare_on_device(batch)
             output = (replica.graphs or replica.op.forward)(batch)
             if replica.device == "cpu":
                 return output, None
@@ -326,7 +331,7 @@ class ModelBatcher:
         collated: item None) prepared again here, for a retry; a failure stays as its Raised."""
         missing = [i for i, p in enumerate(group) if p[2] is None]
         if not missing:
-            return group
+            return list(group)
         again = preprocess_items(self.op, self.inputs([group[i][1] for i in missing]))
         filled = list(group)
         for i, item in zip(missing, again):

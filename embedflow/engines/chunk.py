@@ -76,7 +76,7 @@ class ChunkRunner:
                 chunk = (out_numbers, out_rows)
             elif isinstance(stage, PoolStage):
                 chunk = self._pool(stage, chunk, failures)
-            else:
+            elif isinstance(stage, ModelStage):
                 replica, workers = self.replicas[id(stage)], self.workers.get(id(stage), 1)
                 batcher = ModelBatcher(stage, replica.op, failures)
                 chunk = batcher.process(replica, chunk[0], chunk[1], sizes if stage.sorts else None, self.pool, workers)

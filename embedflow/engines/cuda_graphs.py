@@ -70,7 +70,12 @@ def signature(batch: Any) -> tuple[Any, ...] | None:
 
 def _leaves(tree: Any) -> list[Any]:
     out: list[Any] = []
-    map_tensors(tree, lambda t: out.append(t) or t)
+
+    def keep(t: Any) -> Any:
+        out.append(t)
+        return t
+
+    map_tensors(tree, keep)
     return out
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..hooks import PadsToWidths, SortsBySize
 from ..operator import Operator
 from .cutting import cut_window
 from .devices import map_tensors
@@ -61,7 +62,7 @@ def prepare_batches(op: Operator, cut: Cut) -> Packed:
 
     items = preprocess_items(op, cut.inputs)
     packed = Packed()
-    sort_key = getattr(op, "sort_key", None) if cut.sorts else None
+    sort_key = op.sort_key if cut.sorts and isinstance(op, SortsBySize) else None
     good: list[tuple[int, Any, int]] = []
     for i, item in enumerate(items):
         if isinstance(item, Raised):
@@ -71,7 +72,7 @@ def prepare_batches(op: Operator, cut: Cut) -> Packed:
             good.append((i, item, sort_key(item) if sort_key is not None else 0))
         except Exception as exc:  # noqa: BLE001 - named or skipped with its row, where the rows are
             packed.errors.append((i, Raised(exc)))
-    width = getattr(op, "padded_size", None) if cut.sorts else None
+    width = op.padded_size if cut.sorts and isinstance(op, PadsToWidths) else None
     for group in cut_window(good, cut.batch_size, key=(lambda g: g[2]) if sort_key is not None else None, max_tokens=cut.max_tokens, width=width):
         positions = np.fromiter((g[0] for g in group), np.int32, len(group))
         try:

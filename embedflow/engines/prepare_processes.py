@@ -35,6 +35,7 @@ from typing import Any
 
 from .. import registry
 from ..errors import warn_user
+from ..hooks import PreparesAlone
 from ..models import allowed_imports
 from ..operator import Operator
 from ..plan import Apply
@@ -152,7 +153,7 @@ class PreparePool:
         self.failed: str | None = None  # why the workers cannot serve, once they cannot
         self._finalizer = weakref.finalize(self, _close_all, self.workers)
 
-    def prepare(self, inputs: list[tuple[Any, ...]] | Cut) -> Any:
+    def prepare(self, inputs: list[Any] | Cut) -> Any:
         """One item per input tuple (or a :class:`.preprocess.Raised`) — or, for a
         :class:`.packing.Cut`, its :class:`.packing.Packed` batches — from an idle worker; None
         while no worker has started yet, when none could, or when the inputs cannot travel to a
@@ -244,7 +245,7 @@ def pool_for(step: Apply, op: Operator, device: str, processes: int | None = Non
     count = process_count(wanted, device)
     if not count:
         return None
-    if not (callable(getattr(op, "setup_preprocess", None)) and portable(step)):
+    if not (isinstance(op, PreparesAlone) and portable(step)):
         if wanted != "auto":
             warn_user(
                 f"{step.label}: processes={count} needs an operator of an installed package with setup_preprocess(); "

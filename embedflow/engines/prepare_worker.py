@@ -19,6 +19,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..hooks import CountsEvents, PreparesAlone
 from ..models import allow_import
 from ..plan import instantiate
 from .packing import Cut, prepare_batches
@@ -63,12 +64,15 @@ def serve(read_fd: int, write_fd: int) -> None:
         try:
             allow_import(*allowed)
             op = instantiate(step)
-            op.setup_preprocess(device)  # type: ignore[attr-defined]
+            if not isinstance(op, PreparesAlone):
+                msg = f"{type(op).__name__} has no setup_preprocess(device)"
+                raise TypeError(msg)
+            op.setup_preprocess(device)
         except Exception as exc:  # noqa: BLE001 - the parent warns and prepares in its threads
             answers.send_bytes(pickle.dumps((False, f"{type(exc).__name__}: {exc}")))
             return
         answers.send_bytes(pickle.dumps((True, None)))
-        counts = getattr(op, "run_counts", None)
+        counts = op.run_counts if isinstance(op, CountsEvents) else None
         while True:
             request = pickle.loads(requests.recv_bytes())
             if isinstance(request, Cut):  # a window: prepared, cut and collated here

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..hooks import PreparesInBatches
 from ..operator import Operator
 
 
@@ -35,7 +36,7 @@ def preprocess_items(op: Operator, inputs: Sequence[tuple[Any, ...] | Raised]) -
     >>> [type(it).__name__ if isinstance(it, Raised) else it for it in preprocess_items(Upper(), [("a",), (1,)])]
     ['A', 'Raised']
     """
-    many = getattr(op, "preprocess_batch", None)
+    many = op.preprocess_batch if isinstance(op, PreparesInBatches) else None
     if many is not None and not any(isinstance(args, Raised) for args in inputs):
         try:
             items = many(list(inputs))

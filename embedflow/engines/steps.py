@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import EmbedflowError, ItemError
+from ..hooks import PreparesInBatches
 from ..io.readers import BadRow
 from ..operator import FunctionOperator, Operator
 from ..plan import Apply, Batch, Filter, FlatMap, Group, Head, Project, Step, Whole
@@ -87,7 +88,7 @@ def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: Fa
     if isinstance(op, FunctionOperator) and not op.params:
         preprocess = op.fn  # skip the adapter's call layer on the per-row hot path
 
-    many = getattr(op, "preprocess_batch", None)
+    many = op.preprocess_batch if isinstance(op, PreparesInBatches) else None
 
     def one(key: int, row: Any) -> Any:
         try:
@@ -146,7 +147,7 @@ def flat_map_rows(step: FlatMap, chunks: Iterator[Chunk], failures: FailureLog) 
 
 
 def batch_rows(step: Batch, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-    group_key, group = 0, []
+    group_key, group = 0, list[Any]()
     for keys, rows in chunks:
         out_keys, out_rows = [], []
         for key, row in zip(keys, rows):
@@ -164,7 +165,7 @@ def batch_rows(step: Batch, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
 
 def group_rows(step: Group, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
     """Consecutive rows with the same ``step.by`` value as one row (see :class:`Group`)."""
-    number, group, done = 0, [], object()
+    number, group, done = 0, list[Any](), object()
     current: Any = done
     for keys, rows in chunks:
         out_keys, out_rows = [], []

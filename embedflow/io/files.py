@@ -219,8 +219,9 @@ class JsonlSink(FileSink):
         return self.count
 
     def _release(self) -> None:
-        if getattr(self, "handle", None) is not None:
-            self.handle.close()
+        handle = getattr(self, "handle", None)
+        if handle is not None:
+            handle.close()
             self.handle = None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +77,7 @@ class FilteredPart(Part):
     def read(self) -> Iterator[Any]:  # pragma: no cover - rows are not contiguous: use iteration
         return (row for _number, row in self)
 
-    def chunks(self, sizes: Iterator[int]) -> Iterator[Chunk]:
+    def chunks(self, sizes: Iterator[int]) -> Generator[Chunk, None, None]:
         pairs = iter(self)
         for size in sizes:
             got = list(itertools.islice(pairs, size))

@@ -24,7 +24,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ class Part:
         """``(row number, row)`` pairs."""
         return enumerate(self.read(), self.first_row)
 
-    def chunks(self, sizes: Iterator[int]) -> Iterator[Chunk]:
+    def chunks(self, sizes: Iterator[int]) -> Generator[Chunk, None, None]:
         """The rows in chunks ``(row numbers, rows)`` of the sizes ``sizes`` gives."""
         rows = self.read()
         start = self.first_row

@@ -198,7 +198,7 @@ class ShardStore:
                 for row in batch_to_rows(batch):
                     yield int(row.pop("__row")), str(row.pop("__key")), row
 
-        last, keys = None, set()
+        last, keys = None, set[str]()
         for record in heapq.merge(*(rows_of(s) for s in self.shards), key=lambda r: r[0]):
             if record[0] != last:
                 last, keys = record[0], set()

@@ -38,7 +38,7 @@ class NamedPipeline:
         """The YAML file (an entry point is loaded only now)."""
         if self._path is not None:
             return self._path
-        target = self._entry.load()  # type: ignore[union-attr]
+        target = self._entry.load()  # type: ignore[attr-defined]
         target = target() if callable(target) else target
         if not isinstance(target, (str, os.PathLike)) or not Path(target).is_file():
             msg = f"pipeline {self.name!r} (from {self.origin}): its entry point gave {target!r}, not a YAML file"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -143,7 +144,7 @@ def _substitute(value: Any, params: dict[str, Any], where: str) -> Any:
 
 
 # --------------------------------------------------------------------------- reading
-def read_pipeline(path: str | Path, **overrides: Any) -> Pipeline:
+def read_pipeline(path: str | os.PathLike[str], **overrides: Any) -> Pipeline:
     """Parse and validate a pipeline file (or a named one: ``embedflow pipelines`` lists them);
     ``overrides`` replace its params' defaults.
 
@@ -163,7 +164,8 @@ def read_pipeline(path: str | Path, **overrides: Any) -> Pipeline:
     if not isinstance(declared, dict):
         raise _fail(doc.where("params"), f"params must be a mapping of name: default, got {declared!r}")
     builtins = {k: v for k, v in builtin_params().items() if k not in declared}
-    params = {k: _substitute(v, builtins, declared.where(k)) for k, v in declared.items()}  # a default may name ${samples}
+    where = declared.where if isinstance(declared, LineDict) else doc.where
+    params = {k: _substitute(v, builtins, where(k)) for k, v in declared.items()}  # a default may name ${samples}
     for name, value in overrides.items():
         if name not in params:
             hint = did_you_mean(name, params)

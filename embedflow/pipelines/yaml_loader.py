@@ -18,7 +18,7 @@ import yaml
 from ..errors import PipelineError
 
 
-class LineDict(dict):
+class LineDict(dict[Any, Any]):
     """A dict from YAML that remembers its line (``line``) and each key's (``key_lines``)."""
 
     line: int = 0
@@ -33,7 +33,7 @@ class LineDict(dict):
         return f"{self.file}:{self.key_lines.get(key, self.line)}"
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # yaml ships no types
     file = "<yaml>"
 
 

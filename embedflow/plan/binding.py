@@ -152,7 +152,7 @@ def instantiate(step: Apply, copy_instance: bool = False) -> Operator:
     if is_operator_class(obj):
         return obj(**step.params)
     if inspect.isclass(obj):  # a plain class with __call__: instantiate, then call per item
-        return FunctionOperator(obj(**step.params))
+        return FunctionOperator(obj(**step.params))  # type: ignore[arg-type]  # its instances are callable (checked at binding)
     return FunctionOperator(obj, step.params)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from ..hooks import SortsBySize
 from ..io.sources import Source
 from .nodes import Apply, Batch, Group, Head, Plan, Step, Whole, operator_class
 
@@ -117,7 +118,7 @@ def classify(step: Step, plan: Plan) -> Stage:
     options = step.options
     if cls.batchable:
         size = options.batch_size or cls.default_batch_size
-        sorts = callable(getattr(cls, "sort_key", None))
+        sorts = isinstance(cls, type) and issubclass(cls, SortsBySize)
         window = max(size * LOOKAHEAD_BATCHES, LOOKAHEAD_ITEMS) if sorts else size
         return ModelStage(
             step=step,

@@ -70,7 +70,7 @@ class Shape:
             inputs,
             frozenset(files),
             outputs,
-            inputs[0] if one_text and not searches else None,
+            inputs[0] if inputs and one_text and not searches else None,
             vector if one_text and not searches else None,
             search,
             tuple(dict.fromkeys(str(s.params["model_name"]) for s in applies if isinstance(s.params.get("model_name"), (str, Path)))),

@@ -193,7 +193,7 @@ class Service:
     def _run(self, batch: list[tuple[_Request, int]]) -> None:
         numbers = [request.first + i for request, i in batch]
         rows = [request.rows[i] for request, i in batch]
-        log, sizes = _Log(self.physical.key_column), {}
+        log, sizes = _Log(self.physical.key_column), dict[int, int]()
         start = time.perf_counter()
         try:
             out_numbers, out_rows = self.runner.run(numbers, rows, log, sizes)

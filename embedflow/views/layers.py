@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..models import load_factory
@@ -20,7 +21,7 @@ def layer_table(model: Any, sample: Any) -> list[tuple[str, str, tuple[int, ...]
     seen: list[tuple[str, str, tuple[int, ...]]] = []
     handles = []
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[[Any, Any, Any], None]:
         def record(module: Any, _inputs: Any, output: Any) -> None:
             out = output[0] if isinstance(output, (tuple, list)) else output
             if hasattr(out, "shape"):
@@ -56,5 +57,6 @@ def model_and_sample(spec: str, input_size: tuple[int, ...] | None = None) -> tu
             msg = f"{spec!r} is neither a timm model nor 'package.module:factory'"
             raise ValueError(msg)
         model = timm.create_model(spec, pretrained=False)
-        input_size = input_size or tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+        config: dict[str, Any] = getattr(model, "pretrained_cfg", {})
+        input_size = input_size or tuple(config.get("input_size", (3, 224, 224)))
     return model, torch.zeros(1, *input_size)

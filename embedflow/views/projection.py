@@ -76,8 +76,8 @@ class Projector:
         return f"{self.method}(dim={self.dim})"
 
 
-def plot(points: np.ndarray, path: Any, labels: list[Any] | None = None, notes: list[Any] | None = None, title: str | None = None) -> Any:
-    """A PNG scatter of 2-D or 3-D points, coloured by ``labels``, annotated with ``notes``."""
+def plot(points: Any, path: Any, labels: list[Any] | None = None, notes: list[Any] | None = None, title: str | None = None) -> Any:
+    """A PNG scatter of 2-D or 3-D points (an array, or a list of vectors), coloured by ``labels``, annotated with ``notes``."""
     import numpy as np
 
     try:
@@ -93,7 +93,7 @@ def plot(points: np.ndarray, path: Any, labels: list[Any] | None = None, notes: 
         raise PlanError(msg)
     three = points.shape[1] == 3
     fig = plt.figure(figsize=(7, 6), dpi=110)
-    ax = fig.add_subplot(projection="3d") if three else fig.add_subplot()
+    ax: Any = fig.add_subplot(projection="3d") if three else fig.add_subplot()  # 2-D or 3-D axes: one call shape for both
     if labels is None:
         ax.scatter(*points.T, s=18)
     else:

@@ -17,15 +17,17 @@ this process.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 import warnings
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...errors import user_stacklevel
+from ...hooks import CountsEvents, PreparesAlone, WarnsAfterRun
 from ...operator import Operator, expecting
 from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
 from ...rows import read_inputs, write_outputs
@@ -62,7 +64,7 @@ class LocalEngine(Engine):
 
     def run(
         self, physical: PhysicalPlan, failures: FailureLog, stats: RunStats | None = None, progress: Callable[[int], Any] | None = None
-    ) -> Iterator[Chunk]:
+    ) -> Generator[Chunk, None, None]:
         run = Run()
         try:
             tail = self._build(physical, failures, run, progress)
@@ -90,11 +92,12 @@ class LocalEngine(Engine):
         cpu_models = any(r.device == "cpu" for reps in replicas.values() for r in reps)
         workers_default = default_workers(cpu_models)
         source_stats = run.stage_stats(f"source {physical.source.label}")
-        source: Iterator[Chunk] | None = _source_chunks(physical, source_stats, failures)
+        chunks = _source_chunks(physical, source_stats, failures)
+        source: Iterator[Chunk] | None = chunks
         groups = _threads(physical.stages)
         if not groups or not isinstance(groups[0][0], (CheapStage, LimitStage, WholeStage, ModelStage)):
             channel = run.channel("source", CHANNEL_CHUNKS)
-            run.start("source", lambda chunks=source: _source(chunks, channel, source_stats))
+            run.start("source", functools.partial(_source, chunks, channel, source_stats))
             source = None
         for group in groups:
             out = run.channel(type(group[0]).__name__, CHANNEL_CHUNKS)
@@ -130,7 +133,7 @@ class LocalEngine(Engine):
         started: list[Any] = []
 
         def start_workers(device: str, op: Operator) -> None:  # while the weights load, not after
-            if device == devices[0] and callable(getattr(op, "setup_preprocess", None)) and portable(stage.step):
+            if device == devices[0] and isinstance(op, PreparesAlone) and portable(stage.step):
                 started.append(pool_for(stage.step, op, device, stage.processes))
 
         try:
@@ -148,9 +151,9 @@ def _warn_run_notes(replicas: list[Replica]) -> None:
     texts were cut to the model's length limit)."""
     for replica in replicas:
         pool = existing_pool(replica.op)
-        if pool is not None and isinstance(getattr(replica.op, "run_counts", None), Counter):
-            replica.op.run_counts.update(pool.take_counts())  # type: ignore[attr-defined]
-        for message in getattr(replica.op, "run_warnings", list)():
+        if pool is not None and isinstance(replica.op, CountsEvents):
+            replica.op.run_counts.update(pool.take_counts())
+        for message in replica.op.run_warnings() if isinstance(replica.op, WarnsAfterRun) else ():
             warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
 
 

@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -130,7 +130,8 @@ def _read_source(physical: PhysicalPlan, ray: Any, failures: FailureLog) -> Any:
     items = []
     for part in parts:
         pairs = list(part)
-        numbers, rows = [n for n, _ in pairs], [r for _, r in pairs]
+        numbers: Sequence[int] = [n for n, _ in pairs]
+        rows = [r for _, r in pairs]
         if part.may_fail:
             numbers, rows = drop_bad_rows(numbers, rows, physical.source_errors, source.kind, failures)
         items += [{"__row": int(n), "__payload": pickle.dumps(r, protocol=5)} for n, r in zip(numbers, rows)]
@@ -151,7 +152,7 @@ class RayEngine(Engine):
 
     def run(
         self, physical: PhysicalPlan, failures: FailureLog, stats: RunStats | None = None, progress: Callable[[int], Any] | None = None
-    ) -> Iterator[Chunk]:
+    ) -> Generator[Chunk, None, None]:
         runtimes.check(physical, "ray")
         ordered = all(s.ordered for s in physical.model_stages) if physical.model_stages else True
         ray = ensure_ray(self.address, ordered)

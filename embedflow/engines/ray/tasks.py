@@ -13,9 +13,10 @@ import pickle
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ... import registry
+from ...hooks import PreparesAlone
 from ...io.readers import BadRow, Part
 from ...models import allow_import
 from ...plan import Apply, ModelStage, Step, instantiate
@@ -34,7 +35,10 @@ def ship(obj: Any) -> bytes:
     return cloudpickle.dumps(obj)
 
 
-def portable_step(step: Step) -> Step:
+S = TypeVar("S", bound=Step)
+
+
+def portable_step(step: S) -> S:
     """``step`` as a worker can rebuild it: an operator that no installed package provides
     (registered in this process) travels by value."""
     if isinstance(step, Apply) and step.target is None and not registry.operator_source(step.name).startswith("package "):
@@ -100,7 +104,7 @@ def can_prepare_elsewhere(stage: ModelStage) -> bool:
     if not isinstance(step, Apply):
         return False
     target = registry.get_operator(step.name) if step.target is None else step.target
-    return callable(getattr(target, "setup_preprocess", None))
+    return isinstance(target, type) and issubclass(target, PreparesAlone) or isinstance(target, PreparesAlone)
 
 
 def prepare_task(stage_bytes: bytes, device: str, key_column: str | None, allowed: list[str]) -> Any:
@@ -128,7 +132,10 @@ def _preparer(stage_bytes: bytes, device: str, allowed: tuple[str, ...]) -> tupl
     allow_import(*allowed)  # the modules the driver's user allowed model factories from
     stage: ModelStage = pickle.loads(stage_bytes)
     op = instantiate(stage.step)
-    op.setup_preprocess(device)  # type: ignore[attr-defined]
+    if not isinstance(op, PreparesAlone):
+        msg = f"{stage.step.label}: its operator has no setup_preprocess(device)"
+        raise TypeError(msg)
+    op.setup_preprocess(device)
     return for_device(stage, device), op
 
 
