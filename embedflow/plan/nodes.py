@@ -7,7 +7,7 @@ is and every engine builds its own operator replicas from the name and the param
 it into the physical stages that engines run.
 
 >>> import embedflow as ef
->>> print(ef.dc([1, 2, 3]).map(abs).head(2).explain())  # doctest: +NORMALIZE_WHITESPACE
+>>> print(ef.dc([1, 2, 3]).map(abs).head(2).plan.explain())  # the logical plan (a DataCollection adds the physical one)  # doctest: +NORMALIZE_WHITESPACE
 DataCollection plan (nothing has run; device=auto, engine=local)
   source  dc(list of 3)
   1 map   abs
