@@ -35,13 +35,13 @@ from ..errors import DeviceError, EmbedflowError, user_stacklevel
 from ..hooks import CastsWeights, PadsToWidths, PreparesOnDevice, SortsBySize
 from ..operator import Operator
 from ..plan import ModelStage
-from ..rows import read_inputs, write_outputs
+from ..rows import write_outputs
 from .cuda_graphs import GraphRunner, runner_for
 from .cutting import cut_window
 from .devices import autocast, check_finite, free_device_cache, is_device_error, is_out_of_memory, map_tensors, move, precision
 from .failures import FailureLog
 from .groups import Prepared, rows_of
-from .preprocess import Raised, preprocess_items
+from .preprocess import Raised, input_tuples, preprocess_items
 from .steps import SKIPPED, Chunk, Guard
 from .transfer import Staged
 from .transfer import back_to_cpu as _back_to_cpu
@@ -155,15 +155,7 @@ class ModelBatcher:
 
     def inputs(self, rows: list[Any]) -> list[tuple[Any, ...] | Raised]:
         """Each row's input tuple for ``preprocess`` (a :class:`Raised` when a row lacks one)."""
-        if self.step.inputs is None:  # the row itself: nothing can be missing
-            return [(row,) for row in rows]
-        out: list[tuple[Any, ...] | Raised] = []
-        for row in rows:
-            try:
-                out.append(read_inputs(row, self.step.inputs))
-            except Exception as exc:  # noqa: BLE001 - named or skipped with the row
-                out.append(Raised(exc))
-        return out
+        return input_tuples(rows, self.step.inputs)
 
     def prepare(self, numbers: Sequence[int], rows: list[Any]) -> list[Prepared | Any]:
         """Prepared items (or SKIPPED) for some rows: ``preprocess_batch`` first, item by item

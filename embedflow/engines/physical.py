@@ -17,7 +17,7 @@ from typing import Any
 from ..plan import CheapStage, LimitStage, ModelStage, Plan, PoolStage, instantiate, lower
 from .batching import for_device
 from .devices import default_workers, precision, resolve_devices
-from .prepare_processes import portable, process_count
+from .prepare_processes import process_count, rebuilt_by_name
 from .replicas import cached
 
 
@@ -57,7 +57,7 @@ def model_options(stage: ModelStage, devices: list[str], threads: int, cpu_model
         out.append(_chosen("max_batch_tokens", sized.max_batch_tokens, options.max_batch_tokens, stage.max_batch_tokens, device))
         out.append(f"sorted in windows of {sized.window}")
     wanted = stage.processes if stage.processes is not None else _operator_processes(stage)
-    processes = process_count(wanted, device) if portable(stage.step) or stage.processes is not None else 0
+    processes = process_count(wanted, device) if rebuilt_by_name(stage.step) or stage.processes is not None else 0
     if processes:
         out.append(f"processes={processes}" + ("" if stage.processes is not None else f" (auto: {device.split(':')[0]}, cores)"))
     workers = stage.workers or (processes or threads)

@@ -67,7 +67,7 @@ def process_count(wanted: int | str | None, device: str, cores: int | None = Non
     return min(MAX_AUTO_PROCESSES, cores - 2) if cores >= 4 else 0
 
 
-def portable(step: Apply) -> bool:
+def rebuilt_by_name(step: Apply) -> bool:
     """Whether a worker process can build ``step``'s operator itself: an operator of an
     installed package, by name (one registered only in this process, or an instance given to
     ``.map``, cannot be rebuilt there)."""
@@ -245,7 +245,7 @@ def pool_for(step: Apply, op: Operator, device: str, processes: int | None = Non
     count = process_count(wanted, device)
     if not count:
         return None
-    if not (isinstance(op, PreparesAlone) and portable(step)):
+    if not (isinstance(op, PreparesAlone) and rebuilt_by_name(step)):
         if wanted != "auto":
             warn_user(
                 f"{step.label}: processes={count} needs an operator of an installed package with setup_preprocess(); "

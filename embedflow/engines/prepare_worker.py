@@ -26,7 +26,7 @@ from .packing import Cut, prepare_batches
 from .preprocess import Raised, preprocess_items
 
 
-def _portable(items: list[Any]) -> list[Any]:
+def _picklable_errors(items: list[Any]) -> list[Any]:
     """``items`` with every error made one that pickles (its type and text kept)."""
     out = []
     for item in items:
@@ -78,9 +78,9 @@ def serve(read_fd: int, write_fd: int) -> None:
             if isinstance(request, Cut):  # a window: prepared, cut and collated here
                 items: Any = prepare_batches(op, request)
                 positions = [i for i, _ in items.errors]
-                items.errors = list(zip(positions, _portable([e for _, e in items.errors])))  # errors that pickle
+                items.errors = list(zip(positions, _picklable_errors([e for _, e in items.errors])))  # errors that pickle
             else:
-                items = _portable(preprocess_items(op, request))
+                items = _picklable_errors(preprocess_items(op, request))
             delta = dict(counts) if counts else {}
             if counts:
                 counts.clear()

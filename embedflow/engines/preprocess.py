@@ -1,8 +1,8 @@
 """Preparing items: an operator's ``preprocess_batch``, or ``preprocess`` item by item.
 
 One routine for every place items are prepared — the model-batching routine's threads, a
-preprocessing worker process (:mod:`.prepare_worker`), Ray's CPU tasks — so they give the
-same items and the same errors. An error is returned as a :class:`Raised` in the item's
+preprocessing worker process (:mod:`.prepare_worker`), Ray's CPU tasks, a per-item step —
+so they give the same items and the same errors. An error is returned as a :class:`Raised` in the item's
 place, not raised: the step's policy (name or skip the row) applies where the rows are.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from ..hooks import PreparesInBatches
 from ..operator import Operator
+from ..rows import read_inputs
 
 
 @dataclass
@@ -22,6 +23,24 @@ class Raised:
     worker process, so the step's policy is applied where the rows are)."""
 
     error: Exception
+
+
+def input_tuples(rows: Sequence[Any], columns: tuple[str, ...] | None) -> list[tuple[Any, ...] | Raised]:
+    """Each row's input tuple for ``preprocess`` (the row itself without ``columns``), or a
+    :class:`Raised` for a row that lacks one of them.
+
+    >>> [type(t).__name__ for t in input_tuples([{"a": 1}, {}], ("a",))]
+    ['tuple', 'Raised']
+    """
+    if columns is None:  # the row itself: nothing can be missing
+        return [(row,) for row in rows]
+    out: list[tuple[Any, ...] | Raised] = []
+    for row in rows:
+        try:
+            out.append(read_inputs(row, columns))
+        except Exception as exc:  # noqa: BLE001 - named or skipped with the row
+            out.append(Raised(exc))
+    return out
 
 
 def preprocess_items(op: Operator, inputs: Sequence[tuple[Any, ...] | Raised]) -> list[Any]:

@@ -21,6 +21,7 @@ from ..operator import FunctionOperator, Operator
 from ..plan import Apply, Batch, Filter, FlatMap, Group, Head, Project, Step, Whole
 from ..rows import missing_column, read_inputs, write_outputs
 from .failures import Failure, FailureLog
+from .preprocess import Raised, input_tuples, preprocess_items
 
 Chunk = tuple[Sequence[int], list[Any]]
 
@@ -88,30 +89,26 @@ def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: Fa
     if isinstance(op, FunctionOperator) and not op.params:
         preprocess = op.fn  # skip the adapter's call layer on the per-row hot path
 
-    many = op.preprocess_batch if isinstance(op, PreparesInBatches) else None
+    batched = isinstance(op, PreparesInBatches)  # normalize: one numpy call per chunk
 
-    def one(key: int, row: Any) -> Any:
+    def written(key: int, row: Any, item: Any) -> Any:
         try:
-            return write_outputs(row, inputs, outputs, preprocess(*read_inputs(row, inputs)))
+            if isinstance(item, Raised):
+                raise item.error
+            return write_outputs(row, inputs, outputs, item)
         except Exception as exc:  # noqa: BLE001 - the step's policy decides
             return guard.handle(key, row, exc)
 
     for keys, rows in chunks:
-        if many is not None and rows:
-            try:  # the operator's own batch path (normalize: one numpy call per chunk)
-                results = many([read_inputs(row, inputs) for row in rows])
-                if len(results) == len(rows):
-                    yield keys, [write_outputs(row, inputs, outputs, r) for row, r in zip(rows, results)]
-                    continue
-            except Exception:  # noqa: BLE001, S110 - find the failing row below
-                pass
-        if inputs is None and not guard.skip:
+        if not batched and inputs is None and not guard.skip:
             try:  # the fast path: one comprehension per chunk
                 yield keys, [preprocess(row) for row in rows]
                 continue
             except Exception:  # noqa: BLE001, S110 - find the failing row and raise with it
                 pass
-        yield drop_skipped(keys, [one(k, r) for k, r in zip(keys, rows)])
+        # preprocess_batch, else item by item: the routine every engine prepares items with
+        items = preprocess_items(op, input_tuples(rows, inputs))
+        yield drop_skipped(keys, [written(k, r, item) for k, r, item in zip(keys, rows, items)])
 
 
 def filter_rows(step: Filter, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:

@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,16 @@ from .sinks import Sink, SinkContext, select_columns
 MANIFEST = "manifest.json"
 FORMAT = 2
 Record = tuple[int, str, dict[str, Any]]  # (source row number, row key, row)
+
+
+def in_row_order(lines: Iterable[str]) -> list[str]:
+    """Failure records (JSON lines) sorted by their source row — the one order every errors
+    file is written in (a record without a row counts as row 0).
+
+    >>> in_row_order(['{"row": 2}', '{"row": 1}', '{"step": "x"}'])
+    ['{"step": "x"}', '{"row": 1}', '{"row": 2}']
+    """
+    return sorted(lines, key=lambda s: json.loads(s).get("row") or 0)
 
 
 class OutputLocked(EmbedflowError):
@@ -186,8 +196,7 @@ class ShardStore:
         """The recorded failures as JSON lines, in row order."""
         if not self.errors_path.exists():
             return []
-        lines = self.errors_path.read_text(encoding="utf-8").splitlines(keepends=True)
-        return sorted(lines, key=lambda s: json.loads(s).get("row") or 0)
+        return in_row_order(self.errors_path.read_text(encoding="utf-8").splitlines(keepends=True))
 
     def merged(self) -> Iterator[Record]:
         """Every committed row once, in source order (a streaming k-way merge of the shards)."""

@@ -27,7 +27,7 @@ from ..io.files import FileSink, JsonlSink, NpySink, ParquetSink, write_lines
 from ..io.milvus import MilvusSink
 from ..io.ranges import RowFilter, as_ranges, count
 from ..io.remote import remove
-from ..io.shards import ResumableSink, ShardStore
+from ..io.shards import ResumableSink, ShardStore, in_row_order
 from ..io.sinks import Sink
 from ..plan import Plan
 from ..views.display import PrintSink
@@ -183,4 +183,4 @@ def _run_resumable(
 
 def records_as_lines(records: list[dict[str, Any]]) -> list[str]:
     """Failure records as JSON lines in row order."""
-    return [json.dumps(r) + "\n" for r in sorted(records, key=lambda r: r.get("row") or 0)]
+    return in_row_order(json.dumps(r) + "\n" for r in records)

@@ -36,7 +36,7 @@ from ..base import Engine
 from ..batching import Replica, for_device, make_replica
 from ..devices import default_workers, resolve_devices
 from ..failures import FailureLog
-from ..prepare_processes import existing_pool, pool_for, portable
+from ..prepare_processes import existing_pool, pool_for, rebuilt_by_name
 from ..replicas import ready
 from ..stats import RunStats, StageStats
 from ..steps import Chunk, Guard, drop_bad_rows, drop_skipped, head_rows, run_cheap, whole_rows
@@ -133,7 +133,7 @@ class LocalEngine(Engine):
         started: list[Any] = []
 
         def start_workers(device: str, op: Operator) -> None:  # while the weights load, not after
-            if device == devices[0] and isinstance(op, PreparesAlone) and portable(stage.step):
+            if device == devices[0] and isinstance(op, PreparesAlone) and rebuilt_by_name(stage.step):
                 started.append(pool_for(stage.step, op, device, stage.processes))
 
         try:

@@ -34,7 +34,7 @@ from ..failures import FailureLog
 from ..stats import RunStats
 from ..steps import Chunk, drop_bad_rows
 from .codec import FAILED, RAISED, ROWS_PER_BLOCK, failure_of, marker
-from .tasks import ModelActor, can_prepare_elsewhere, cheap_task, portable_step, prepare_task, read_part, ship
+from .tasks import ModelActor, can_prepare_elsewhere, cheap_task, prepare_task, read_part, ship, shippable
 
 INSTALL_HINT = "the ray engine needs Ray, which is not installed: pip install 'embedflow[ray]'"
 
@@ -201,7 +201,7 @@ class RayEngine(Engine):
 
     @staticmethod
     def _cheap(ds: Any, stages: list[Stage], physical: PhysicalPlan) -> Any:
-        steps = [portable_step(s) for st in stages for s in (st.steps if isinstance(st, CheapStage) else (st.step,))]  # type: ignore[union-attr]
+        steps = [shippable(s) for st in stages for s in (st.steps if isinstance(st, CheapStage) else (st.step,))]  # type: ignore[union-attr]
         if not steps:
             return ds
         task = cheap_task(ship(steps), physical.key_column, allowed_imports())
@@ -226,7 +226,7 @@ class RayEngine(Engine):
         # one actor per GPU (as the local engine has one replica per device), one on the CPU;
         # workers= is what it is on every runtime: how many prepare the step's items at once
         concurrency = int(gpus_in_cluster) if use_gpu and gpus_in_cluster else 1
-        lean = replace(stage, step=portable_step(stage.step))
+        lean = replace(stage, step=shippable(stage.step))
         device = "cuda" if use_gpu else "cpu"
         prepared = prepare_in_tasks(use_gpu, lean)
         if prepared:  # a GPU actor's one CPU would cap it (~170 images/s for timm's transform): CPU tasks prepare

@@ -23,6 +23,7 @@ from ...plan import Apply, ModelStage, Step, instantiate
 from ..batching import ModelBatcher, for_device, make_replica
 from ..devices import bind_device, cpu_count, resolve_device
 from ..failures import Failure
+from ..prepare_processes import rebuilt_by_name
 from ..replicas import fresh
 from ..steps import run_cheap
 from .codec import FAILED, ROWS_PER_BLOCK, Collector, carry_errors, decode, encode, raised
@@ -38,10 +39,10 @@ def ship(obj: Any) -> bytes:
 S = TypeVar("S", bound=Step)
 
 
-def portable_step(step: S) -> S:
+def shippable(step: S) -> S:
     """``step`` as a worker can rebuild it: an operator that no installed package provides
     (registered in this process) travels by value."""
-    if isinstance(step, Apply) and step.target is None and not registry.operator_source(step.name).startswith("package "):
+    if isinstance(step, Apply) and step.target is None and not rebuilt_by_name(step):
         return replace(step, target=registry.get_operator(step.name))
     return step
 
