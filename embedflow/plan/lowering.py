@@ -177,22 +177,3 @@ def lower(plan: Plan, *, ordered: bool = True, rules: Sequence[Rule] = (fuse,)) 
         stages = rule(stages, plan)
     stages = order(stages, ordered)
     return PhysicalPlan(plan.source, tuple(stages), plan.source_errors, plan.key_column)
-
-
-def describe(physical: PhysicalPlan) -> list[str]:
-    """One line per stage, for ``explain``."""
-    lines = []
-    for stage in physical.stages:
-        if isinstance(stage, CheapStage):
-            lines.append("cheap  " + " > ".join(s.label for s in stage.steps))
-        elif isinstance(stage, PoolStage):
-            lines.append(f"pool   {stage.step.label} (workers={stage.workers or 'auto'})")
-        elif isinstance(stage, ModelStage):
-            order_text = "in order" if stage.ordered else "as finished"
-            sort_text = f", sorted in windows of {stage.window}" if stage.sorts else ""
-            lines.append(f"model  {stage.step.label} (batch_size={stage.batch_size}{sort_text}, device={stage.device}, {order_text})")
-        elif isinstance(stage, LimitStage):
-            lines.append(f"limit  {stage.n}")
-        else:
-            lines.append(f"whole  {stage.step.label}")
-    return lines
