@@ -361,12 +361,7 @@ class ModelBatcher:
         Ray actor gets a block of rows) and for requests gathered by a server; ``sizes``
         receives each prepared row's size (its ``sort_key``: tokens, for text). With ``pool``
         (the step's ``workers=`` threads) the rows are prepared in ``workers`` parts at once."""
-        if pool is None or workers < 2 or len(rows) < 2:
-            prepared = self.prepare(numbers, rows)
-        else:
-            step = -(-len(rows) // workers)
-            cuts = range(0, len(rows), step)
-            prepared = [p for part in pool.map(lambda i: self.prepare(numbers[i : i + step], rows[i : i + step]), cuts) for p in part]
+        prepared = self.prepare(numbers, rows) if pool is None else in_parts(pool, workers, self.prepare, numbers, rows)
         return self.process_prepared(replica, [p for p in prepared if p is not SKIPPED], sizes)
 
     def process_prepared(self, replica: Replica, prepared: list[Prepared], sizes: dict[int, int] | None = None) -> Chunk:
@@ -380,6 +375,22 @@ class ModelBatcher:
                 results[i] = out
         kept = [(p[0], out) for p, out in zip(prepared, results) if out is not SKIPPED]
         return [n for n, _ in kept], [out for _, out in kept]
+
+
+def in_parts(pool: Executor, parts: int, fn: Callable[[Sequence[int], list[Any]], list[Any]], numbers: Sequence[int], rows: list[Any]) -> list[Any]:
+    """``fn(numbers, rows)`` over ``rows`` cut into at most ``parts`` slices run at once on
+    ``pool`` (a step's ``workers=``), the results joined in order.
+
+    >>> from concurrent.futures import ThreadPoolExecutor
+    >>> with ThreadPoolExecutor(2) as pool:
+    ...     in_parts(pool, 2, lambda ns, rs: [n * 10 + r for n, r in zip(ns, rs)], [0, 1, 2], [5, 6, 7])
+    [5, 16, 27]
+    """
+    if parts < 2 or len(rows) < 2:
+        return fn(numbers, rows)
+    step = -(-len(rows) // parts)
+    done = pool.map(lambda i: fn(numbers[i : i + step], rows[i : i + step]), range(0, len(rows), step))
+    return [out for part in done for out in part]
 
 
 def _retry_kind(exc: Exception) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from ..plan import Apply, CheapStage, ModelStage, PhysicalPlan, PoolStage, Stage
 from ..rows import read_inputs, write_outputs
 from . import runtimes
-from .batching import ModelBatcher, Replica, for_device, make_replica
+from .batching import ModelBatcher, Replica, for_device, in_parts, make_replica
 from .devices import default_workers, resolve_devices
 from .failures import FailureLog
 from .replicas import ready
@@ -34,13 +34,17 @@ class ChunkRunner:
 
     def __init__(self, physical: PhysicalPlan):
         runtimes.check(physical, "server")
-        self.replicas = {id(s): self._replica(s) for s in physical.model_stages}
         # model stages sized for their device as every runtime sizes them (256 texts on CUDA
         # unless set; a cap the server set on tokens stays)
-        self.physical = replace(
-            physical, stages=tuple(for_device(s, self.replicas[id(s)].device) if isinstance(s, ModelStage) else s for s in physical.stages)
-        )
-        self.replicas = {id(sized): self.replicas[id(s)] for s, sized in zip(physical.stages, self.physical.stages) if isinstance(s, ModelStage)}
+        self.replicas: dict[int, Replica] = {}
+        stages: list[Stage] = []
+        for stage in physical.stages:
+            if isinstance(stage, ModelStage):
+                replica = self._replica(stage)
+                stage = for_device(stage, replica.device)
+                self.replicas[id(stage)] = replica
+            stages.append(stage)
+        self.physical = replace(physical, stages=tuple(stages))
         cpu_models = any(r.device == "cpu" for r in self.replicas.values())
         default = default_workers(cpu_models)
         # workers= means what it means on every runtime: the threads preparing the step's items
@@ -92,14 +96,9 @@ class ChunkRunner:
             except Exception as exc:  # noqa: BLE001 - the step's policy decides
                 return guard.handle(number, row, exc)
 
-        numbers, rows = list(chunk[0]), chunk[1]
-        workers = self.workers[id(stage)]
-        step_size = max(1, -(-len(rows) // workers))  # workers parts at once, whatever the pool's size
-
-        def part(i: int) -> list[Any]:
-            return [one(n, r) for n, r in zip(numbers[i : i + step_size], rows[i : i + step_size])]
-
-        return drop_skipped(numbers, [out for done in self.pool.map(part, range(0, len(rows), step_size)) for out in done])
+        numbers = list(chunk[0])
+        done = in_parts(self.pool, self.workers[id(stage)], lambda ns, rs: [one(n, r) for n, r in zip(ns, rs)], numbers, chunk[1])
+        return drop_skipped(numbers, done)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -307,8 +307,7 @@ class ModelStageThreads:
         stats.items_out += len(seqs)
         if self.progress is not None:
             self.progress(len(seqs))
-        failed = flight.done is not None or flight.retry is not None  # else no row can be SKIPPED
-        skipped = sum(1 for o in outputs if o is SKIPPED) if failed else 0  # rows that failed under .safe(): never passed on
+        skipped = sum(1 for o in outputs if o is SKIPPED)  # rows that failed under .safe(): never passed on
         self.done.put(Done(seqs, numbers_of(flight.group), outputs, skipped), stats)
 
     # ---- collect: in input order, or as rows finish ----------------------------------------

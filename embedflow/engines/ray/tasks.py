@@ -105,7 +105,7 @@ def can_prepare_elsewhere(stage: ModelStage) -> bool:
     if not isinstance(step, Apply):
         return False
     target = registry.get_operator(step.name) if step.target is None else step.target
-    return isinstance(target, type) and issubclass(target, PreparesAlone) or isinstance(target, PreparesAlone)
+    return (isinstance(target, type) and issubclass(target, PreparesAlone)) or isinstance(target, PreparesAlone)
 
 
 def prepare_task(stage_bytes: bytes, device: str, key_column: str | None, allowed: list[str]) -> Any:
