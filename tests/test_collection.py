@@ -148,10 +148,16 @@ def test_bad_step_arguments():
         bool(ef.dc([1]))
 
 
-def test_set_device_and_engine_are_recorded_in_the_plan():
-    dc = ef.dc([1]).set_device("cpu").set_engine("local")
-    assert (dc.plan.device, dc.plan.engine) == ("cpu", "local")
-    assert "device=cpu, engine=local" in dc.explain()
+def test_the_plan_holds_what_to_compute_and_the_settings_how_to_run_it():
+    dc = ef.dc([1]).set_device("cpu").set_engine("ray").set_progress(False).safe(errors=[])
+    assert dc.plan.device == "cpu"
+    assert (dc.settings.engine, dc.settings.progress, dc.settings.errors) == ("ray", False, [])
+    assert not {"engine", "progress", "errors"} & set(vars(dc.plan))
+    assert "device=cpu" in dc.explain() and "physical plan (ray engine)" in dc.explain()
+    # a sink's engine= wins for that run only, and an unknown one is refused when the sink runs
+    assert dc.map(abs).to_list(engine="local") == [1]
+    with pytest.raises(PlanError, match="'spark' is not an engine"):
+        ef.dc([1]).to_list(engine="spark")
 
 
 def test_explain_shows_operators_columns_and_options():

@@ -129,7 +129,8 @@ def test_without_ray_the_message_says_how_to_install():
     code = (
         "import sys; sys.modules['ray'] = None\n"
         "import embedflow as ef\n"
-        "try:\n    ef.dc([1]).set_engine('ray')\nexcept ef.PlanError as e:\n    print(e)\n"
+        "chain = ef.dc([1]).set_engine('ray')  # the name is checked; the engine loads when a sink runs\n"
+        "try:\n    chain.to_list()\nexcept ef.PlanError as e:\n    print(e)\n"
         "assert 'ray' not in [m for m in sys.modules if sys.modules[m] is not None and m.split('.')[0] == 'ray']\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -183,7 +184,7 @@ def refusing_driver_reads(chain):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need these classes
     src = chain.plan.source
     refusing = DriverRefusingSource(kind=src.kind, label=src.label, named=src.named, columns=src.columns, inner=src)
-    return DataCollection(replace(chain.plan, source=refusing), chain.named, chain.columns)
+    return DataCollection(replace(chain.plan, source=refusing), chain.named, chain.columns, settings=chain.settings)
 
 
 @pytest.mark.parametrize("kind", ["read_text", "read_jsonl", "read_parquet"])

@@ -91,3 +91,16 @@ def _model_limit(folder: Path, tokenizer: Any) -> int:
         if limit:
             return int(limit)
     return int(min(tokenizer.model_max_length or 512, 512))
+
+
+class TextsOnly:
+    """A chunker's parts without their indexes (one output column, or unnamed rows)."""
+
+    def __init__(self, chunks: TokenChunks):
+        self.chunks = chunks
+
+    def __repr__(self) -> str:
+        return repr(self.chunks)
+
+    def __call__(self, text: Any) -> list[str]:
+        return [part for part, _index in self.chunks(text)]

@@ -16,23 +16,22 @@ facade: it builds plans (:mod:`embedflow.plan`) and hands them to an engine with
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any, cast
 
 from .. import registry
-from ..engines import ENGINES, FailureLog, get_engine
 from ..errors import ColumnError, ParameterError, PlanError, UnknownOperatorError, did_you_mean
 from ..io.sources import Source
 from ..operator import FunctionOperator, Operator, is_operator_class
-from ..plan import EXECUTION_OPTIONS, REDUCERS, Batch, Filter, FlatMap, Group, Head, Plan, Project, Step, Whole, bind_operator, check_device
+from ..plan import EXECUTION_OPTIONS, REDUCERS, Batch, Filter, FlatMap, Group, Head, Plan, Project, RunSettings, Step, Whole, bind_operator
 from ..views.projection import METHODS, Projector
-from .chunking import TokenChunks
+from .chunking import TextsOnly, TokenChunks
 from .dispatch import OperatorRef
 from .outputs import Outputs
 from .selectors import Selectable, column_list, io_selectors
+from .settings import Settings
 
 
-class DataCollection(Outputs):
+class DataCollection(Outputs, Settings):
     """A lazy, immutable chain of steps; create one with ``ef.dc``, ``ef.glob`` or a reader.
 
     >>> import embedflow as ef
@@ -40,13 +39,16 @@ class DataCollection(Outputs):
     ['3', '1', '2']
     """
 
-    __slots__ = ("_plan", "_named", "_columns", "_on_error")
+    __slots__ = ("_plan", "_named", "_columns", "_on_error", "_settings")
 
-    def __init__(self, plan: Plan, named: bool = False, columns: tuple[str, ...] | None = None, on_error: str = "raise"):
+    def __init__(
+        self, plan: Plan, named: bool = False, columns: tuple[str, ...] | None = None, on_error: str = "raise", settings: RunSettings | None = None
+    ):
         self._plan = plan
         self._named = named
         self._columns = columns
         self._on_error = on_error
+        self._settings = settings or RunSettings()
 
     @classmethod
     def from_source(cls, source: Source) -> DataCollection:
@@ -54,16 +56,37 @@ class DataCollection(Outputs):
         return cls(Plan(source), source.named, source.columns)
 
     # ---- internals -------------------------------------------------------------------
-    def _with(self, step: Step | None = None, *, named: bool | None = None, columns: Any = "same", plan: Plan | None = None) -> DataCollection:
+    def _with(
+        self,
+        step: Step | None = None,
+        *,
+        named: bool | None = None,
+        columns: Any = "same",
+        plan: Plan | None = None,
+        settings: RunSettings | None = None,
+        on_error: str | None = None,
+    ) -> DataCollection:
         new_plan = plan or self._plan
         if step is not None:
             new_plan = new_plan.then(step)
-        return DataCollection(new_plan, self._named if named is None else named, self._columns if columns == "same" else columns, self._on_error)
+        columns = self._columns if columns == "same" else columns
+        named = self._named if named is None else named
+        return DataCollection(new_plan, named, columns, on_error or self._on_error, settings or self._settings)
 
     @property
     def plan(self) -> Plan:
         """The logical plan (frozen dataclasses) this collection runs."""
         return self._plan
+
+    @property
+    def settings(self) -> RunSettings:
+        """How a sink will run the plan, as said so far (engine, progress, failures' target).
+
+        >>> import embedflow as ef
+        >>> ef.dc([1]).set_engine("ray").settings.engine  # nothing is checked or imported yet
+        'ray'
+        """
+        return self._settings
 
     @property
     def named(self) -> bool:
@@ -209,7 +232,7 @@ class DataCollection(Outputs):
             msg = f"chunk: outputs {list(outputs)}: name one column (the part) or two (the part and its index)"
             raise PlanError(msg)
         chunks = TokenChunks(model_name, max_tokens, overlap)
-        fn = chunks if outputs is not None and len(outputs) == 2 else _TextsOnly(chunks)
+        fn = chunks if outputs is not None and len(outputs) == 2 else TextsOnly(chunks)
         step = FlatMap(fn=fn, inputs=inputs, outputs=outputs, on_error=self._on_error)
         return self._with(step, columns=self._columns_after(inputs, outputs))
 
@@ -293,90 +316,9 @@ class DataCollection(Outputs):
         self._check_inputs(where, cols)
         return cols
 
-    # ---- run-wide settings ---------------------------------------------------------------
-    def safe(self, errors: Any = None) -> DataCollection:
-        """From here on, an item that fails is skipped and recorded instead of raising (called
-        before any step, this covers rows the source cannot read too).
-
-        ``errors`` receives one record per failure (row, step, error_type, message, item, key):
-        a list to append to, a callable, or a file path for JSON lines. Each failure is also
-        logged, and the run ends with a warning that counts them.
-
-        >>> import embedflow as ef
-        >>> import warnings; warnings.simplefilter("ignore")
-        >>> ef.dc(["1", "x", "3"]).safe().map(int).to_list()
-        [1, 3]
-        """
-        FailureLog(errors)  # validate the target now
-        plan = replace(self._plan, errors=errors) if errors is not None else self._plan
-        if not plan.steps:
-            plan = replace(plan, source_errors="skip")
-        new = self._with(plan=plan)
-        new._on_error = "skip"
-        return new
-
-    def set_device(self, device: str) -> DataCollection:
-        """The device for model steps that do not name one: auto, cpu, cuda, cuda:N or mps.
-
-        >>> import embedflow as ef
-        >>> ef.dc([1]).set_device("cpu").plan.device
-        'cpu'
-        """
-        return self._with(plan=replace(self._plan, device=check_device(device)))
-
-    def set_engine(self, engine: str) -> DataCollection:
-        """Choose the engine that runs the plan: ``local`` (default) or ``ray``.
-
-        >>> import embedflow as ef
-        >>> ef.dc([1]).set_engine("local").plan.engine
-        'local'
-        """
-        if engine not in ENGINES:
-            msg = f"set_engine({engine!r}): not an engine: use one of {', '.join(map(repr, ENGINES))}"
-            raise PlanError(msg)
-        get_engine(engine)  # fail now if it cannot run here
-        return self._with(plan=replace(self._plan, engine=engine))
-
-    def set_key(self, column: str) -> DataCollection:
-        """The column that identifies a row in outputs, errors files and vector stores (default:
-        the path of a ``glob`` source, else the source row number).
-
-        >>> import embedflow as ef
-        >>> ef.dc["id", "text"]([("a", "x")]).set_key("id").plan.key_column
-        'id'
-        """
-        if not self._named:
-            msg = f"set_key({column!r}): a key column needs named rows, e.g. ef.dc['id', 'text'](...)"
-            raise ColumnError(msg)
-        self._check_inputs("set_key", (column,))
-        return self._with(plan=replace(self._plan, key=column))
-
-    def set_progress(self, show: bool | None) -> DataCollection:
-        """Show a progress bar while a sink runs: ``True``, ``False``, or ``None`` (default:
-        only when stderr is a terminal and the run takes more than a second).
-
-        >>> import embedflow as ef
-        >>> ef.dc([1]).set_progress(False).plan.progress
-        False
-        """
-        return self._with(plan=replace(self._plan, progress=show))
-
     def __repr__(self) -> str:
         return f"<DataCollection: {len(self._plan.steps)} step(s), lazy>\n{self.explain()}"
 
     def __bool__(self) -> bool:
         msg = "the truth value of a DataCollection is ambiguous (it is lazy); use .to_list() or .head(1).to_list()"
         raise TypeError(msg)
-
-
-class _TextsOnly:
-    """A chunker's parts without their indexes (one output column, or unnamed rows)."""
-
-    def __init__(self, chunks: TokenChunks):
-        self.chunks = chunks
-
-    def __repr__(self) -> str:
-        return repr(self.chunks)
-
-    def __call__(self, text: Any) -> list[str]:
-        return [part for part, _index in self.chunks(text)]

@@ -28,7 +28,7 @@ from ..views.projection import plot
 from .yaml_writer import collection_to_yaml
 
 if TYPE_CHECKING:
-    from ..plan import Plan
+    from ..plan import Plan, RunSettings
 
 
 class Outputs:
@@ -37,25 +37,31 @@ class Outputs:
     __slots__ = ()
     _plan: Plan
     _named: bool
+    _settings: RunSettings
 
-    def _run(self, sink: Sink) -> Any:
-        return execute(self._plan, sink, named=self._named)
+    def _run(self, sink: Sink, engine: str | None) -> Any:
+        return execute(self._plan, sink, self._settings.but(engine=engine), named=self._named)
 
     def __iter__(self) -> Iterator[Any]:
         """Run the plan and yield rows one by one (dicts in named mode)."""
-        for _numbers, rows in stream(self._plan):
+        for _numbers, rows in stream(self._plan, self._settings):
             yield from rows
 
-    def to_list(self) -> list[Any]:
+    def to_list(self, *, engine: str | None = None) -> list[Any]:
         """Run the plan and return every row in a list.
+
+        Every call that runs the plan takes ``engine=``: the engine for this run only
+        (``"local"`` or ``"ray"``; default: the one ``set_engine`` chose, else local).
 
         >>> import embedflow as ef
         >>> ef.dc(range(3)).map(str).to_list()
         ['0', '1', '2']
+        >>> ef.dc(range(3)).map(str).to_list(engine="local")
+        ['0', '1', '2']
         """
-        return self._run(CollectSink())
+        return self._run(CollectSink(), engine)
 
-    def to_numpy(self, column: str | None = None) -> Any:
+    def to_numpy(self, column: str | None = None, *, engine: str | None = None) -> Any:
         """Run the plan and stack the rows (or one column) into a numpy array.
 
         In named mode ``column`` picks the column; it may be left out when exactly one column
@@ -65,9 +71,9 @@ class Outputs:
         >>> ef.dc["v"]([np.ones(3)]).to_numpy().shape
         (1, 3)
         """
-        return self._run(NumpySink(column))
+        return self._run(NumpySink(column), engine)
 
-    def to_arrow(self) -> Any:
+    def to_arrow(self, *, engine: str | None = None) -> Any:
         """Run the plan and return a ``pyarrow.Table`` (vectors as fixed-size lists).
 
         Unnamed rows become one column called ``value``.
@@ -76,9 +82,9 @@ class Outputs:
         >>> ef.dc["n"]([1, 2]).to_arrow().num_rows
         2
         """
-        return self._run(ArrowSink())
+        return self._run(ArrowSink(), engine)
 
-    def to_parquet(self, path: str | os.PathLike[str]) -> Path:
+    def to_parquet(self, path: str | os.PathLike[str], *, engine: str | None = None) -> Path:
         """Run the plan and write the rows to a Parquet file, streaming in row groups.
 
         The file appears only when complete (written under a temporary name, then renamed).
@@ -89,9 +95,9 @@ class Outputs:
         >>> ef.dc["n"]([1, 2]).to_parquet(p).name
         'out.parquet'
         """
-        return self._run(ParquetSink(path))
+        return self._run(ParquetSink(path), engine)
 
-    def to_pandas(self) -> Any:
+    def to_pandas(self, *, engine: str | None = None) -> Any:
         """Run the plan and return a ``pandas.DataFrame`` (needs pandas installed).
 
         >>> import embedflow as ef
@@ -103,9 +109,11 @@ class Outputs:
         except ImportError as exc:
             msg = "to_pandas() needs pandas, which is not installed: pip install pandas (or use to_arrow())"
             raise ImportError(msg) from exc
-        return self.to_arrow().to_pandas()
+        return self.to_arrow(engine=engine).to_pandas()
 
-    def to_index(self, vector: str | None = None, fields: list[str] | None = None, metric: str = "cosine") -> VectorIndex:
+    def to_index(
+        self, vector: str | None = None, fields: list[str] | None = None, metric: str = "cosine", *, engine: str | None = None
+    ) -> VectorIndex:
         """Run the plan and keep the vectors in memory as an index for exact nearest-neighbour
         search (``index.search(queries, limit)``, or a ``nearest(index=...)`` step); ``fields``
         are the columns a hit returns (default: every other column). ``index.save(path)``
@@ -117,7 +125,7 @@ class Outputs:
         """
         import numpy as np
 
-        rows = self.to_list()
+        rows = self.to_list(engine=engine)
         if self._named:
             column = vector or "vec"
             if rows and column not in rows[0]:
@@ -137,6 +145,8 @@ class Outputs:
         fields: list[str] | None = None,
         key: str | None = None,
         metric: str = "COSINE",
+        *,
+        engine: str | None = None,
     ) -> int:
         """Run the plan and upsert every row into a Milvus collection; returns the rows written.
 
@@ -152,7 +162,7 @@ class Outputs:
         if not self._named:
             msg = "to_milvus() needs named rows: name the columns, e.g. ef.dc['text'](...)... ['text', 'vec']"
             raise ColumnError(msg)
-        return self._run(MilvusSink(uri, collection, vector, fields, metric, key))
+        return self._run(MilvusSink(uri, collection, vector, fields, metric, key), engine)
 
     def serve(self, **options: Any) -> None:
         """Serve this chain over HTTP until SIGTERM or Ctrl-C: each request's rows replace the
@@ -181,7 +191,7 @@ class Outputs:
 
         >>> import embedflow as ef
         >>> print(ef.dc([1]).map(abs).explain())
-        DataCollection plan (nothing has run; device=auto, engine=local)
+        DataCollection plan (nothing has run; device=auto)
           source  dc(list of 1)
           1 map    abs
         physical plan (local engine)
@@ -189,11 +199,11 @@ class Outputs:
         >>> "busiest stage" in ef.dc(range(100)).map(abs).explain(analyze=True)
         True
         """
-        text = "\n".join([self._plan.explain(), *describe_physical(self._plan)])
+        text = "\n".join([self._plan.explain(), *describe_physical(self._plan, self._settings.engine)])
         if not analyze:
             return text
         stats = RunStats()
-        for _chunk in stream(self._plan, stats=stats, progress=False):
+        for _chunk in stream(self._plan, self._settings, stats=stats, progress=False):
             pass
         return text.replace("(nothing has run; ", "(analyzed run; ") + "\n" + stats.report()
 

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from ..errors import EmbedflowError, short_repr, user_stacklevel
 from ..io.keys import row_key
+from ..plan import ErrorTarget, check_error_target
 
 logger = logging.getLogger("embedflow")
 
@@ -53,11 +54,8 @@ class FailureLog:
     its key (the ``key_column``'s value, else the row number).
     """
 
-    def __init__(self, target: Any = None, key_column: str | None = None):
-        if target is not None and not (isinstance(target, (list, str, os.PathLike)) or callable(target)):
-            msg = f"safe(errors={target!r}): pass a list, a callable, or a file path for JSON lines"
-            raise TypeError(msg)
-        self.target = target
+    def __init__(self, target: ErrorTarget = None, key_column: str | None = None):
+        self.target = check_error_target(target)
         self.key_column = key_column
         self.count = 0
         self.rows: set[int] = set()  # the source rows that failed (a row may fail in several parts)

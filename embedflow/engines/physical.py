@@ -21,13 +21,14 @@ from .prepare_processes import process_count, rebuilt_by_name
 from .replicas import cached
 
 
-def describe(plan: Plan) -> list[str]:
-    """One line per physical stage, options resolved (see the module docstring)."""
+def describe(plan: Plan, engine: str = "local") -> list[str]:
+    """One line per physical stage as ``engine`` runs them, options resolved (see the module
+    docstring)."""
     physical = lower(plan)
     devices = {id(s): resolve_devices(s.device) for s in physical.model_stages}
     cpu_models = any(d == "cpu" for found in devices.values() for d in found)
     threads = default_workers(cpu_models)
-    lines = [f"physical plan ({plan.engine} engine)"]
+    lines = [f"physical plan ({engine} engine)"]
     for i, stage in enumerate(physical.stages):
         with_source = " with the source" if i == 0 else ""
         if isinstance(stage, CheapStage):
@@ -36,7 +37,8 @@ def describe(plan: Plan) -> list[str]:
             workers = f"workers={stage.workers}" if stage.workers else f"workers={threads} (auto: {_why_threads(cpu_models)})"
             lines.append(f"  pool    {stage.step.label}  ({workers})")
         elif isinstance(stage, ModelStage):
-            lines.append(f"  model   {stage.step.label}  ({', '.join(model_options(stage, devices[id(stage)], threads, cpu_models))})")
+            options = model_options(stage, devices[id(stage)], threads, cpu_models, engine)
+            lines.append(f"  model   {stage.step.label}  ({', '.join(options)})")
         elif isinstance(stage, LimitStage):
             lines.append(f"  limit   {stage.n}")
         else:
@@ -44,8 +46,8 @@ def describe(plan: Plan) -> list[str]:
     return lines
 
 
-def model_options(stage: ModelStage, devices: list[str], threads: int, cpu_models: bool) -> list[str]:
-    """A model stage's options as the engine will run them, each with its reason when chosen."""
+def model_options(stage: ModelStage, devices: list[str], threads: int, cpu_models: bool, engine: str = "local") -> list[str]:
+    """A model stage's options as ``engine`` will run them, each with its reason when chosen."""
     device = devices[0]
     sized = for_device(stage, device)
     options = stage.step.options
@@ -58,7 +60,10 @@ def model_options(stage: ModelStage, devices: list[str], threads: int, cpu_model
         out.append(f"sorted in windows of {sized.window}")
     wanted = stage.processes if stage.processes is not None else _operator_processes(stage)
     processes = process_count(wanted, device) if rebuilt_by_name(stage.step) or stage.processes is not None else 0
-    if processes:
+    if processes and engine == "ray":  # the README's table: processes= is the local engine's
+        processes = 0
+        out.append("processes=0 (ray: its CPU tasks prepare for a GPU actor, a CPU actor in workers= threads)")
+    elif processes:
         out.append(f"processes={processes}" + ("" if stage.processes is not None else f" (auto: {device.split(':')[0]}, cores)"))
     workers = stage.workers or (processes or threads)
     out.append(f"workers={workers}" + ("" if stage.workers else f" (auto: {'one per process' if processes else _why_threads(cpu_models)})"))

@@ -1,5 +1,7 @@
 """Running a plan: lower it, pick its engine, and hand the rows to a sink — one routine for
-``to_list``, ``to_parquet``, ``to_milvus``, the pipeline runner and everything else.
+``to_list``, ``to_parquet``, ``to_milvus``, the pipeline runner and everything else. The engine
+named in the :class:`~embedflow.plan.RunSettings` is resolved here, when a sink runs, not when
+the chain is built.
 
 >>> import embedflow as ef
 >>> from embedflow.io.sinks import CollectSink
@@ -16,7 +18,7 @@ from typing import Any
 
 from ..errors import remember_user_site
 from ..io.sinks import Sink, SinkContext
-from ..plan import Plan, lower
+from ..plan import Plan, RunSettings, lower
 from .base import get_engine
 from .failures import FailureLog
 from .progress import progress_bar
@@ -28,21 +30,24 @@ logger = logging.getLogger("embedflow")
 
 def stream(
     plan: Plan,
+    settings: RunSettings | None = None,
     *,
     ordered: bool = True,
     stats: RunStats | None = None,
     progress: bool | None = None,
     failures: FailureLog | None = None,
 ) -> Iterator[Chunk]:
-    """Run ``plan`` on its engine and yield chunks ``(source row numbers, rows)``.
+    """Run ``plan`` on the engine ``settings`` name and yield chunks ``(source row numbers, rows)``.
 
-    ``failures`` receives the rows skipped under ``.safe()`` (default: the plan's own target,
-    closed with a warning that counts them). Closing the iterator stops the run.
+    ``failures`` receives the rows skipped under ``.safe()`` (default: the settings' target,
+    closed with a warning that counts them); ``progress`` overrides the settings' bar. Closing
+    the iterator stops the run.
     """
+    settings = settings or RunSettings()
     physical = lower(plan, ordered=ordered)
-    engine = get_engine(plan.engine)
-    log = failures if failures is not None else FailureLog(plan.errors, physical.key_column)
-    bar = progress_bar(plan, plan.progress if progress is None else progress)
+    engine = get_engine(settings.engine)
+    log = failures if failures is not None else FailureLog(settings.errors, physical.key_column)
+    bar = progress_bar(plan, settings.progress if progress is None else progress)
     run = engine.run(physical, log, stats, progress=bar.update)
     try:
         yield from run
@@ -56,6 +61,7 @@ def stream(
 def execute(
     plan: Plan,
     sink: Sink,
+    settings: RunSettings | None = None,
     *,
     named: bool = False,
     stats: RunStats | None = None,
@@ -72,7 +78,7 @@ def execute(
     remember_user_site()  # where a warning from a worker thread points
     sink.open(SinkContext(named=named, key_column=plan.key_column, source=plan.source, expands=plan.expands))
     try:
-        for numbers, rows in stream(plan, ordered=sink.ordered, stats=stats, progress=progress, failures=failures):
+        for numbers, rows in stream(plan, settings, ordered=sink.ordered, stats=stats, progress=progress, failures=failures):
             with _naming(sink):
                 sink.write(numbers, rows)
     except BaseException:

@@ -31,7 +31,7 @@ from typing import Any
 from ..engines import stream
 from ..errors import UsageError
 from ..io.sources import from_iterable
-from ..plan import Apply
+from ..plan import Apply, RunSettings
 from .schema import Pipeline, read_pipeline
 
 
@@ -44,7 +44,7 @@ class PipelineFunction:
         self.name = pipeline.name or os.path.basename(pipeline.file)
         self.inputs: tuple[str, ...] | None = plan.source.columns if plan.source.named else None
         steps = tuple(replace(step, on_error="raise") for step in plan.steps)  # made once: their models load once
-        self._plan = replace(plan, steps=steps, progress=False, errors=None)
+        self._plan = replace(plan, steps=steps)  # run with the default settings: local, no bar, failures raise
         self.returns = _returns(pipeline, self.inputs)
 
     def __repr__(self) -> str:
@@ -67,7 +67,7 @@ class PipelineFunction:
         source = iter(items)
         while chunk := list(islice(source, chunk_size)):
             plan = replace(self._plan, source=from_iterable(chunk, self.inputs))
-            for _numbers, rows in stream(plan, progress=False):
+            for _numbers, rows in stream(plan, RunSettings(progress=False)):
                 yield from (self._pick(row) for row in rows)
 
     def _pick(self, row: Any) -> Any:

@@ -29,7 +29,7 @@ from ..io.ranges import RowFilter, as_ranges, count
 from ..io.remote import remove
 from ..io.shards import ResumableSink, ShardStore, in_row_order
 from ..io.sinks import Sink
-from ..plan import Plan
+from ..plan import Plan, RunSettings
 from ..views.display import PrintSink
 from .checks import preflight, schema_columns
 from .schema import Pipeline, SinkSpec
@@ -118,14 +118,15 @@ def run_pipeline(
     if isinstance(sink, FileSink):
         fingerprint = pipeline.fingerprint() + (f"-limit{limit}" if limit is not None else "")
         written, failed, resumed, read = _run_resumable(
-            plan, sink, spec.path, fingerprint, target, named=dc.named, limit=limit, resume=resume, progress=progress
+            plan, dc.settings, sink, spec.path, fingerprint, target, named=dc.named, limit=limit, resume=resume, progress=progress
         )
     else:
         records: list[dict[str, Any]] = []
         failures = FailureLog(records.append, plan.key_column)
         if limit is not None:
             plan = replace(plan, source=plan.source.with_filter(RowFilter((), limit)))
-        written = execute(plan, sink, named=dc.named, progress=False if isinstance(sink, PrintSink) else progress, failures=failures)
+        quiet = False if isinstance(sink, PrintSink) else progress
+        written = execute(plan, sink, dc.settings, named=dc.named, progress=quiet, failures=failures)
         if records:
             write_lines(target, iter(records_as_lines(records)))
         failed, resumed = failures.count, 0
@@ -145,6 +146,7 @@ def run_pipeline(
 
 def _run_resumable(
     plan: Plan,
+    settings: RunSettings,
     sink: FileSink,
     staging: Path,
     fingerprint: str,
@@ -163,7 +165,7 @@ def _run_resumable(
         failures = FailureLog(store.record_failure, plan.key_column)
         plan = replace(plan, source=plan.source.with_filter(RowFilter(done, limit)))
         resumable = ResumableSink(sink, store, SHARD_ROWS, SHARD_SECONDS, allow_empty=plan.source.allow_empty or bool(done))
-        execute(plan, resumable, named=named, progress=progress, failures=failures)
+        execute(plan, resumable, settings, named=named, progress=progress, failures=failures)
         read = sink.count + failures.count
         if plan.expands:  # several rows may come of one: count the source rows
             read = count(as_ranges({n for first, last in store.done() for n in range(first, last + 1)} | failures.rows))

@@ -279,7 +279,7 @@ def _build_source(body: LineDict) -> tuple[DataCollection, str | None]:
         raise _fail(source.where("allow_empty"), f"allow_empty must be true or false (without quotes), got {allow_empty!r}")
     if allow_empty:
         plan = dc.plan
-        dc = DataCollection(replace(plan, source=replace(plan.source, allow_empty=True)), dc.named, dc.columns)
+        dc = DataCollection(replace(plan, source=replace(plan.source, allow_empty=True)), dc.named, dc.columns, settings=dc.settings)
     return dc, key
 
 

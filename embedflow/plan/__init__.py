@@ -27,6 +27,7 @@ from .nodes import (
     check_device,
     operator_class,
 )
+from .settings import ErrorTarget, RunSettings, check_error_target
 
 __all__ = [
     "EXECUTION_OPTIONS",
@@ -34,6 +35,7 @@ __all__ = [
     "Batch",
     "REDUCERS",
     "CheapStage",
+    "ErrorTarget",
     "ExecOptions",
     "Filter",
     "FlatMap",
@@ -44,6 +46,7 @@ __all__ = [
     "PhysicalPlan",
     "Plan",
     "PoolStage",
+    "RunSettings",
     "Project",
     "Stage",
     "Step",
@@ -51,6 +54,7 @@ __all__ = [
     "WholeStage",
     "bind_operator",
     "check_device",
+    "check_error_target",
     "instantiate",
     "lower",
     "operator_class",

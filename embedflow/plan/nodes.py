@@ -1,6 +1,8 @@
 """The logical plan: frozen nodes that hold only what the user said.
 
-A plan is a source followed by steps and a few run-wide settings. Nodes carry no run state —
+A plan is a source followed by steps, what identifies a row and the default device; how to run
+it (engine, progress, failures' target) is :class:`~embedflow.plan.settings.RunSettings`, kept
+apart and resolved only when a sink runs. Nodes carry no run state —
 no loaded model, no operator instance built from a registry name — so a plan pickles as it
 is and every engine builds its own operator replicas from the name and the parameters (see
 :mod:`embedflow.plan.binding`). ``explain`` renders a plan as text; :mod:`.lowering` turns
@@ -8,7 +10,7 @@ it into the physical stages that engines run.
 
 >>> import embedflow as ef
 >>> print(ef.dc([1, 2, 3]).map(abs).head(2).plan.explain())  # the logical plan (a DataCollection adds the physical one)  # doctest: +NORMALIZE_WHITESPACE
-DataCollection plan (nothing has run; device=auto, engine=local)
+DataCollection plan (nothing has run; device=auto)
   source  dc(list of 3)
   1 map   abs
   2 head  2
@@ -261,7 +263,7 @@ class Whole(Step):
 
 @dataclass(frozen=True)
 class Plan:
-    """A source, its steps, and run-wide settings. Immutable: ``then`` returns a new plan.
+    """A source and its steps: what to compute. Immutable: ``then`` returns a new plan.
 
     ``source_errors`` is the error policy for reading the source itself (a line that is not
     UTF-8, a JSON line that does not parse): ``.safe()`` before any step sets it to skip.
@@ -271,10 +273,7 @@ class Plan:
 
     source: Source
     steps: tuple[Step, ...] = ()
-    device: str = "auto"
-    engine: str = "local"
-    errors: Any = field(default=None, compare=False)  # where .safe() records failures
-    progress: bool | None = None  # progress bar: None = only on a terminal
+    device: str = "auto"  # the device of model steps that name none
     source_errors: str = "raise"
     key: str | None = None
 
@@ -300,7 +299,7 @@ class Plan:
         return made > gathered
 
     def explain(self) -> str:
-        lines = [f"DataCollection plan (nothing has run; device={self.device}, engine={self.engine})"]
+        lines = [f"DataCollection plan (nothing has run; device={self.device})"]
         lines.append(f"  source  {self.source.describe()}")
         for i, step in enumerate(self.steps, 1):
             safe = "  (safe: failures skipped and recorded)" if step.on_error == "skip" else ""
