@@ -14,6 +14,18 @@ import numpy as np
 from embedflow import Operator
 
 
+def unit_length(arr: np.ndarray, p: float = 2, axis: int = -1) -> np.ndarray:
+    """``arr`` divided by its ``p``-norm along ``axis``; a zero vector stays zero. The one
+    normalisation of the package: the ``normalize`` step and the ``normalize=True`` of
+    ``text_embedding.transformers`` (which must normalise before its own ``precision=``).
+
+    >>> unit_length(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    norm = np.linalg.norm(arr, ord=p, axis=axis, keepdims=True)
+    return arr / np.where(norm == 0, 1, norm).astype(arr.dtype, copy=False)
+
+
 class Normalize(Operator):
     """Divide each vector by its norm.
 
@@ -50,9 +62,7 @@ class Normalize(Operator):
         if arr.ndim == 0:
             msg = f"normalize: got a scalar {arr!r}, expected a vector"
             raise ValueError(msg)
-        norm = np.linalg.norm(arr, ord=self.p, axis=self.axis, keepdims=True)
-        safe = np.where(norm == 0, 1, norm).astype(arr.dtype, copy=False)
-        return arr / safe
+        return unit_length(arr, self.p, self.axis)
 
     def preprocess_batch(self, inputs: list[tuple[Any, ...]]) -> list[np.ndarray]:
         """Float vectors of one shape and dtype (a model step's output) normalised in one numpy

@@ -19,13 +19,12 @@ from dataclasses import replace
 from typing import Any
 
 from ..plan import Apply, CheapStage, ModelStage, PhysicalPlan, PoolStage, Stage
-from ..rows import read_inputs, write_outputs
 from . import runtimes
 from .batching import ModelBatcher, Replica, for_device, in_parts, make_replica
 from .devices import default_workers, resolve_devices
 from .failures import FailureLog
 from .replicas import ready
-from .steps import Chunk, Guard, drop_skipped, run_cheap
+from .steps import Chunk, drop_skipped, item_applier, run_cheap
 
 
 class ChunkRunner:
@@ -87,18 +86,9 @@ class ChunkRunner:
         return chunk
 
     def _pool(self, stage: PoolStage, chunk: Chunk, failures: FailureLog) -> Chunk:
-        step, op = stage.step, self.ops[id(stage.step)]
-        guard = Guard.of(step, failures)
-
-        def one(number: int, row: Any) -> Any:
-            try:
-                return write_outputs(row, step.inputs, step.outputs, op.preprocess(*read_inputs(row, step.inputs)))
-            except Exception as exc:  # noqa: BLE001 - the step's policy decides
-                return guard.handle(number, row, exc)
-
+        apply = item_applier(stage.step, self.ops[id(stage.step)], failures)
         numbers = list(chunk[0])
-        done = in_parts(self.pool, self.workers[id(stage)], lambda ns, rs: [one(n, r) for n, r in zip(ns, rs)], numbers, chunk[1])
-        return drop_skipped(numbers, done)
+        return drop_skipped(numbers, in_parts(self.pool, self.workers[id(stage)], apply, numbers, chunk[1]))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

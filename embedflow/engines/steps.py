@@ -11,7 +11,7 @@ chunks; :func:`run_cheap` composes a cheap stage's steps through one table.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import EmbedflowError, ItemError
@@ -81,15 +81,20 @@ def drop_skipped(keys: Sequence[int], rows: list[Any]) -> Chunk:
     return [k for k, _ in kept], [r for _, r in kept]
 
 
-def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
-    """A per-item operator (or ``.map`` function) in the calling thread."""
+def item_applier(step: Apply, op: Operator, failures: FailureLog) -> Callable[[Sequence[int], list[Any]], list[Any]]:
+    """How a per-item step turns rows into its output rows: ``preprocess_batch``, else item by
+    item, each output written into its row; a row that fails is :data:`SKIPPED` and recorded
+    under ``.safe()``, else raises naming it. The one routine for the calling thread
+    (:func:`apply_items`), the local engine's pool threads and the server's.
+
+    >>> import embedflow as ef
+    >>> from embedflow.plan import Apply
+    >>> step = ef.dc([1]).safe().map(lambda x: 10 // x).plan.steps[0]
+    >>> item_applier(step, step.target, FailureLog())([0, 1], [5, 0])
+    [2, SKIPPED]
+    """
     guard = Guard.of(step, failures)
     inputs, outputs = step.inputs, step.outputs
-    preprocess = op.preprocess
-    if isinstance(op, FunctionOperator) and not op.params:
-        preprocess = op.fn  # skip the adapter's call layer on the per-row hot path
-
-    batched = isinstance(op, PreparesInBatches)  # normalize: one numpy call per chunk
 
     def written(key: int, row: Any, item: Any) -> Any:
         try:
@@ -99,16 +104,28 @@ def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: Fa
         except Exception as exc:  # noqa: BLE001 - the step's policy decides
             return guard.handle(key, row, exc)
 
+    def apply(keys: Sequence[int], rows: list[Any]) -> list[Any]:
+        items = preprocess_items(op, input_tuples(rows, inputs))
+        return [written(k, r, item) for k, r, item in zip(keys, rows, items)]
+
+    return apply
+
+
+def apply_items(step: Apply, op: Operator, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:
+    """A per-item operator (or ``.map`` function) in the calling thread."""
+    apply = item_applier(step, op, failures)
+    preprocess = op.preprocess
+    if isinstance(op, FunctionOperator) and not op.params:
+        preprocess = op.fn  # skip the adapter's call layer on the per-row hot path
+    fast = not isinstance(op, PreparesInBatches) and step.inputs is None and step.on_error != "skip"
     for keys, rows in chunks:
-        if not batched and inputs is None and not guard.skip:
+        if fast:
             try:  # the fast path: one comprehension per chunk
                 yield keys, [preprocess(row) for row in rows]
                 continue
             except Exception:  # noqa: BLE001, S110 - find the failing row and raise with it
                 pass
-        # preprocess_batch, else item by item: the routine every engine prepares items with
-        items = preprocess_items(op, input_tuples(rows, inputs))
-        yield drop_skipped(keys, [written(k, r, item) for k, r, item in zip(keys, rows, items)])
+        yield drop_skipped(keys, apply(keys, rows))
 
 
 def filter_rows(step: Filter, chunks: Iterator[Chunk], failures: FailureLog) -> Iterator[Chunk]:

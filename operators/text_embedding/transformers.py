@@ -33,6 +33,7 @@ from .._onnx import (
     optimize_transformer,
     quantize_int8,
 )
+from ..normalize import unit_length
 from ..quantize import check_precision
 from ..quantize import quantize as quantize_vectors
 from ._encoder import hidden_states_module, sdpa_mask
@@ -69,8 +70,9 @@ class TransformersTextEmbedding(Operator):
             (``"query: "`` for E5, ``"Represent this sentence for searching relevant passages: "``
             for BGE queries); its tokens count towards the length limit.
         truncate_dim: keep the first N dimensions (Matryoshka models), before ``normalize``.
-        normalize: L2-normalise the vectors here (as ``normalize_embeddings=True``; needed before
-            ``precision`` for cosine search). ``.normalize()`` after the step does the same.
+        normalize: L2-normalise the vectors here (as ``normalize_embeddings=True``): the same
+            function as a ``.normalize()`` step after this one, kept as a parameter because
+            ``precision`` quantizes after it, inside the step (sentence-transformers' order).
         precision: ``"float32"`` (default), ``"int8"``, ``"uint8"``, ``"binary"`` or
             ``"ubinary"`` with sentence-transformers' ``quantize_embeddings`` semantics; int8 and
             uint8 need ``calibration=`` (embeddings or a .npy file) or ``ranges=`` (2 x dim).
@@ -373,6 +375,4 @@ class TransformersTextEmbedding(Operator):
     def _finish(self, vectors: np.ndarray) -> np.ndarray:
         if self.truncate_dim is not None:
             vectors = vectors[..., : self.truncate_dim]
-        if self.normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-        return vectors
+        return unit_length(vectors) if self.normalize else vectors

@@ -89,3 +89,13 @@ def test_the_quantize_step_works_after_any_vectors():
     for precision in ("int8", "ubinary"):
         got = np.stack(ef.dc(list(vectors)).quantize(precision=precision, calibration=vectors).to_list())
         np.testing.assert_array_equal(got, quantize_embeddings(vectors, precision, calibration_embeddings=vectors))
+
+
+def test_normalize_true_is_the_normalize_step_bit_for_bit(sample_texts):
+    """One normalisation (issue 23): the parameter exists for precision=, which quantizes after
+    it inside the step; without precision it is exactly a .normalize() step after the step."""
+    chain = ef.dc(sample_texts[:12]).text_embedding.transformers(model_name=MINILM, batch_size=4)
+    stepped = chain.normalize().to_numpy()
+    inside = ef.dc(sample_texts[:12]).text_embedding.transformers(model_name=MINILM, batch_size=4, normalize=True).to_numpy()
+    assert inside.dtype == stepped.dtype == np.float32
+    np.testing.assert_array_equal(inside, stepped)

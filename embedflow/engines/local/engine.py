@@ -23,14 +23,12 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...errors import user_stacklevel
 from ...hooks import CountsEvents, PreparesAlone, WarnsAfterRun
 from ...operator import Operator, expecting
 from ...plan import Apply, CheapStage, Head, LimitStage, ModelStage, PhysicalPlan, PoolStage, Stage, WholeStage
-from ...rows import read_inputs, write_outputs
 from .. import runtimes
 from ..base import Engine
 from ..batching import Replica, for_device, make_replica
@@ -39,7 +37,7 @@ from ..failures import FailureLog
 from ..prepare_processes import existing_pool, pool_for, rebuilt_by_name
 from ..replicas import ready
 from ..stats import RunStats, StageStats
-from ..steps import Chunk, Guard, drop_bad_rows, drop_skipped, head_rows, run_cheap, whole_rows
+from ..steps import Chunk, drop_bad_rows, drop_skipped, head_rows, item_applier, run_cheap, whole_rows
 from .model_stage import ModelStageThreads
 from .scheduler import END, Channel, Run, SourceInbox
 
@@ -285,8 +283,7 @@ def _start_pool(stage: PoolStage, workers: int, inbox: Channel, out: Channel, fa
     """
     step = stage.step
     ((_device, op),) = ready(step, ["cpu"])
-    guard = Guard.of(step, failures)
-    inputs, outputs = step.inputs, step.outputs
+    apply = item_applier(step, op, failures)
     in_flight, emit_size = 4 * workers, max(8, 2 * workers)
     stats = run.stage_stats(f"{step.label} ({workers} threads)")
     stats.note = "busy summed over threads"
@@ -294,15 +291,12 @@ def _start_pool(stage: PoolStage, workers: int, inbox: Channel, out: Channel, fa
     def one(number: int, row: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return write_outputs(row, inputs, outputs, op.preprocess(*read_inputs(row, inputs)))
-        except Exception as exc:  # noqa: BLE001 - the step's policy decides
-            return guard.handle(number, row, exc)
+            return apply((number,), [row])[0]
         finally:
             stats.busy += time.perf_counter() - t0
 
     def body() -> None:
-        pool = ThreadPoolExecutor(workers, thread_name_prefix=f"embedflow-{step.label}")
-        run.cleanups.append(lambda: pool.shutdown(wait=True, cancel_futures=True))
+        pool = run.thread_pool(workers, step.label)
         pending: deque[tuple[int, Any]] = deque()  # (row number, future), in input order
 
         def emit(count: int) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,8 +109,7 @@ class ModelStageThreads:
         self.s_stage = [run.stage_stats(f"{name} to the device [{r.device}]") for r in replicas] if self.staging else []
         self.s_fwd = [run.stage_stats(f"{name} forward [{r.device}{_backend(r)}]") for r in replicas]
         self.s_out = run.stage_stats(f"{name} {'reorder' if stage.ordered else 'collect (as finished)'}")
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"embedflow-{name}")
-        run.cleanups.append(lambda: self.pool.shutdown(wait=True, cancel_futures=True))
+        self.pool = run.thread_pool(workers, name)
 
     def start(self, run: Run) -> None:
         name = self.stage.step.label

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..stats import RunStats, StageStats
@@ -153,6 +154,13 @@ class Run:
 
     def channel(self, name: str, size: int) -> Channel:
         return Channel(self, name, size)
+
+    def thread_pool(self, workers: int, name: str) -> ThreadPoolExecutor:
+        """``workers`` threads preparing a step's items (its ``workers=``), shut down when the
+        run closes: the pool of a per-item stage and of a model stage's preprocessing."""
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=f"embedflow-{name}")
+        self.cleanups.append(lambda: pool.shutdown(wait=True, cancel_futures=True))
+        return pool
 
     def stage_stats(self, name: str) -> StageStats:
         stats = StageStats(name)
