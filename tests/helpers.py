@@ -64,12 +64,77 @@ def small_mlp():
 '''
 
 
+# Crash tests kill a run at the instants where its files change. Nothing in embedflow is shaped
+# for them: the kill is injected at the filesystem boundary by this sitecustomize, which Python
+# imports at start-up in a subprocess that has the plugin folder on PYTHONPATH. It acts only when
+# EMBEDFLOW_TEST_KILL (made by kill_at) is set.
+KILLER = """
+import os
+
+_spec = os.environ.get("EMBEDFLOW_TEST_KILL")
+if _spec:
+    import signal
+
+    _kind, _target, _nth = _spec.split("|")
+    _seen = [0]
+
+    def _die_the_nth_time():
+        _seen[0] += 1
+        if _seen[0] >= int(_nth):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if _kind == "after-replace":  # a file or folder renamed into place, what follows not done
+        _real_replace = os.replace
+
+        def _replace(src, dst, *args, **kwargs):
+            _real_replace(src, dst, *args, **kwargs)
+            path = os.fspath(dst)
+            if path == _target if os.path.isabs(_target) else _target in os.path.basename(path):
+                _die_the_nth_time()
+
+        os.replace = _replace
+    elif _kind == "half-written":  # the output sink got half of the rows it is handed
+        import embedflow.io.files as _files
+
+        _sink = getattr(_files, _target)
+        _real_write = _sink.write
+
+        def _write(self, numbers, rows):
+            half = len(rows) // 2
+            _real_write(self, numbers[:half], rows[:half])
+            _die_the_nth_time()
+            _real_write(self, numbers[half:], rows[half:])
+
+        _sink.write = _write
+"""
+
+
+def kill_at(point, output):
+    """The environment that makes an ``embedflow run`` started with the plugin SIGKILL itself,
+    as a power cut would, at ``point`` (``name`` or ``name:n``, the n-th time) of a file sink's
+    run writing ``output``: ``shard-written`` (a shard in place, the manifest not listing it),
+    ``merge-half`` (half the rows merged into the output), ``output-written`` (the output in
+    place, the shards not removed), ``cleanup-renamed`` (the shards' folder renamed away, not
+    deleted)."""
+    name, _, nth = point.partition(":")
+    kinds = {
+        "shard-written": ("after-replace", "shard-"),
+        "merge-half": ("half-written", "ParquetSink"),
+        "output-written": ("after-replace", str(output)),
+        "cleanup-renamed": ("after-replace", ".trash-"),
+    }
+    kind, target = kinds[name]
+    return {"EMBEDFLOW_TEST_KILL": f"{kind}|{target}|{nth or 1}"}
+
+
 def make_plugin(tmp_path):
     """A plugin package (``slow.mark``, ``slow.embed``) visible to subprocesses through
-    PYTHONPATH only (the ``plugin`` fixture of conftest.py)."""
+    PYTHONPATH only (the ``plugin`` fixture of conftest.py), with the crash tests' kill switch
+    (:data:`KILLER`, :func:`kill_at`)."""
     site = tmp_path / "site"
     (site / "slowops").mkdir(parents=True)
     (site / "slowops" / "__init__.py").write_text(SLOW_OPS)
+    (site / "sitecustomize.py").write_text(KILLER)
     write_fake_distribution(site, "slowops", "slow.mark = slowops:mark\nslow.embed = slowops:Embed\n")
     return site
 

@@ -1,7 +1,7 @@
 """The torture test: a real ``embedflow run`` killed with SIGKILL at random moments of its life
 and at each instant where its files change (a shard written but not listed, half the output
 merged, the output in place but the shards not removed, the shards renamed away but not
-deleted), rerun after each kill, and two runs started at once. The final output must equal an
+deleted: injected at the filesystem boundary, helpers.kill_at), rerun after each kill, and two runs started at once. The final output must equal an
 uninterrupted run row for row: no row lost, none twice, none stale."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from .conftest import requires
-from .helpers import embedflow, slow_pipeline
+from .helpers import embedflow, kill_at, slow_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ def test_kills_at_any_moment_and_concurrent_runs_never_lose_or_duplicate_a_row(t
     for _ in range(kills):
         attempt(kill_after=rng.uniform(0.2, duration * 1.1))
     for point in FAULT_POINTS:
-        attempt(env={"EMBEDFLOW_FAULT": point})
+        attempt(env=kill_at(point, out))
         attempt()  # the rerun after each instant
 
     # two runs started at once: one works, the other refuses at once

@@ -20,7 +20,7 @@ from embedflow.io.sinks import SinkContext
 from embedflow.pipelines import read_pipeline, run_pipeline
 
 from .conftest import ROOT, requires
-from .helpers import embedflow, slow_pipeline, wait_for_shards
+from .helpers import embedflow, kill_at, slow_pipeline, wait_for_shards
 
 
 def lines_of(path):
@@ -217,9 +217,20 @@ def test_an_allowed_factory_module_runs(tmp_path, plugin):
 def test_a_kill_at_any_instant_of_commit_merge_or_cleanup_resumes_to_every_row_once(tmp_path, plugin, point):
     pipeline = slow_pipeline(tmp_path, rows=300)
     out = tmp_path / "out" / "v.parquet"
-    killed = embedflow(["run", str(pipeline)], plugin, {"EMBEDFLOW_FAULT": point, "EMBEDFLOW_SHARD_ROWS": "50"})
+    killed = embedflow(["run", str(pipeline)], plugin, {**kill_at(point, out), "EMBEDFLOW_SHARD_ROWS": "50"})
     killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL
+    parts = out.parent / ".v.parquet.parts"
+    left = {p.name for p in out.parent.iterdir()}
+    if point.startswith("shard-written"):  # the kill came after a shard landed, before the manifest listed it
+        listed = {s["file"] for s in json.loads((parts / "manifest.json").read_text())["shards"]}
+        assert len(listed) == 2 and len({p.name for p in parts.glob("shard-*.parquet")} - listed) == 1
+    elif point == "merge-half":  # mid-merge: no output yet, every shard kept
+        assert "v.parquet" not in left and parts.exists()
+    elif point == "output-written":  # the output in place, its shards not yet removed
+        assert "v.parquet" in left and parts.exists()
+    else:  # the shards' folder renamed to trash, not yet deleted
+        assert "v.parquet" in left and not parts.exists() and any(".trash-" in name for name in left)
     again = embedflow(["run", str(pipeline)], plugin)
     stdout, stderr = again.communicate(timeout=120)
     assert again.returncode == 0, stderr

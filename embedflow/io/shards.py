@@ -34,7 +34,6 @@ from typing import Any
 
 from ..errors import EmbedflowError, UsageError
 from .arrow import batch_to_rows, rows_to_table
-from .faults import fault
 from .files import AtomicFile, FileSink, write_lines
 from .keys import PartKeys, row_key
 from .ranges import Ranges, as_ranges
@@ -184,7 +183,6 @@ class ShardStore:
             file.commit()
         finally:
             file.discard()
-        fault("shard-written")
         self.shards.append({"file": name, "rows": len(records), "ranges": [list(r) for r in as_ranges(n for n, _, _ in records)]})
         self._write_manifest()
 
@@ -221,7 +219,6 @@ class ShardStore:
         instant leaves either the whole folder or trash that the next run removes."""
         trash = self.dir.with_name(f"{self.dir.name}.trash-{uuid.uuid4().hex[:8]}")
         os.replace(self.dir, trash)
-        fault("cleanup-renamed")
         shutil.rmtree(trash, ignore_errors=True)
 
     def _remove_trash(self) -> None:
@@ -320,22 +317,18 @@ class ResumableSink(Sink):
             chunk_numbers: list[int] = []
             chunk_rows: list[dict[str, Any]] = []
             key_column = self.context.key_column
-            half = self.store.rows() // 2
             for number, key, row in self.store.merged():
                 if key_column is not None and key_column not in row:
                     row[key_column] = key  # the sink may need the key (npy's key file)
                 chunk_numbers.append(number)
                 chunk_rows.append(row)
-                if len(chunk_rows) >= 1024 or self.inner.count + len(chunk_rows) == half:
+                if len(chunk_rows) >= 1024:
                     self.inner.write(chunk_numbers, chunk_rows)
                     chunk_numbers, chunk_rows = [], []
-                    if self.inner.count == half:
-                        fault("merge-half")
             if chunk_rows:
                 self.inner.write(chunk_numbers, chunk_rows)
             result = self.inner.close()
         except BaseException:
             self.inner.abort()
             raise
-        fault("output-written")
         return result
