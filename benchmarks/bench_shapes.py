@@ -22,6 +22,7 @@ from gpu_check import MINILM, corpus
 import embedflow as ef
 from embedflow.engines.batching import ModelBatcher, cut_window, for_device
 from embedflow.engines.failures import FailureLog
+from embedflow.engines.replicas import place
 from embedflow.plan import instantiate, lower
 
 
@@ -41,7 +42,8 @@ def main() -> int:
     chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch")
     stage = for_device(lower(chain.plan).model_stages[0], "cuda:0")
     op = instantiate(stage.step)
-    op.setup_preprocess("cuda:0")  # the tokenizer as on a GPU (bucketed widths); no weights, no device needed
+    place(op, "cuda:0")  # the engine's choices on a GPU: bucketed widths
+    op.setup_preprocess("cuda:0")  # the tokenizer only; no weights, no device needed
     batcher = ModelBatcher(stage, op, FailureLog())
     prepared = batcher.prepare(range(len(texts)), texts)
     sizes = [p[3] for p in prepared]

@@ -15,7 +15,36 @@ runtime-checkable) and the type checker then knows ``op.sort_key`` exists.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What the engine decided for one replica of an operator, handed over before its setup:
+    the ``device``; the CPU ``threads`` a runtime of the operator's own may use (an ONNX
+    Runtime session; 0: that library's default); and ``fixed_shapes``: whether batches should
+    come in a few fixed shapes (texts padded to width buckets) — on CUDA, where each shape is
+    one CUDA-graph recording and allocator blocks are reused. Device-dependent choices belong
+    to the engine; an operator that takes this does not guess them from the device's name.
+
+    >>> Placement("cuda:0", threads=4, fixed_shapes=True).fixed_shapes
+    True
+    """
+
+    device: str
+    threads: int = 0
+    fixed_shapes: bool = False
+
+
+def placed(placement: Placement | None, device: str) -> Placement:
+    """``placement`` when the engine gave one for ``device``, else the choices of no engine
+    (an operator set up by hand): the library's threads, shapes as they come.
+
+    >>> placed(None, "cuda").fixed_shapes
+    False
+    """
+    return placement if placement is not None and placement.device == device else Placement(device)
 
 
 @runtime_checkable
@@ -57,6 +86,14 @@ class PreparesAlone(Protocol):
     items without loading the model."""
 
     def setup_preprocess(self, device: str) -> None: ...
+
+
+@runtime_checkable
+class TakesPlacement(Protocol):
+    """Takes the engine's :class:`Placement` before ``setup`` or ``setup_preprocess`` (in the
+    same process, on the same device)."""
+
+    def place(self, placement: Placement) -> None: ...
 
 
 @runtime_checkable

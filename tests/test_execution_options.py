@@ -103,3 +103,28 @@ def test_explain_says_what_each_engine_does_with_processes():
     assert "processes=1, workers=2" in local
     assert "processes=0 (ray: its CPU tasks prepare for a GPU actor, a CPU actor in workers= threads), workers=2" in on_ray
     assert "batch_size=4," in local and "batch_size=4," in on_ray
+
+
+def test_device_dependent_choices_come_from_the_engine(sample_texts, monkeypatch):
+    """The engine decides what depends on the device (hooks.Placement) and hands it to the
+    operator before setup: on this CPU, shapes as they come and torch's threads; told to use
+    fixed shapes (as it does on CUDA), the text operator pads to width buckets — same vectors."""
+    import torch
+
+    from embedflow.engines import devices, replicas
+    from embedflow.hooks import Placement
+
+    texts = sample_texts[:16]
+    chain = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", batch_size=8)
+    plain = chain.to_numpy()
+    ((_device, op),) = replicas.ready(chain.plan.steps[0], ["cpu"])
+    assert op.placement == Placement("cpu", threads=torch.get_num_threads(), fixed_shapes=False)
+    assert not op.tokens.bucketed
+
+    monkeypatch.setattr(devices, "placement", lambda device: Placement(device, threads=1, fixed_shapes=True))
+    monkeypatch.setattr(replicas, "placement", devices.placement)
+    fixed = ef.dc(texts).text_embedding.transformers(model_name=MINILM, backend="torch", batch_size=8)
+    np.testing.assert_allclose(fixed.to_numpy(), plain, atol=1e-5)
+    ((_device, op),) = replicas.ready(fixed.plan.steps[0], ["cpu"])
+    assert op.placement.fixed_shapes and op.tokens.bucketed
+    assert op.tokens.padded(5) == 16  # padded to the first bucket

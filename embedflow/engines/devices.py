@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import EmbedflowError, PlanError
+from ..hooks import Placement
 
 
 def resolve_device(requested: str | None) -> str:
@@ -219,6 +220,19 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS / Windows
         return os.cpu_count() or 1
+
+
+def placement(device: str) -> Placement:
+    """The engine's device-dependent choices for a replica on ``device`` (see
+    :class:`~embedflow.hooks.Placement`): its runtime may use the threads torch uses in this
+    process (one in a preprocessing worker); on CUDA, batches come in fixed shapes.
+
+    >>> placement("cpu").fixed_shapes, placement("cuda:1").fixed_shapes
+    (False, True)
+    """
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else 0
+    return Placement(device, threads=threads, fixed_shapes=device.startswith("cuda"))
 
 
 def default_workers(cpu_models: bool) -> int:

@@ -24,6 +24,7 @@ from ..models import allow_import
 from ..plan import instantiate
 from .packing import Cut, prepare_batches
 from .preprocess import Raised, preprocess_items
+from .replicas import place
 
 
 def _picklable_errors(items: list[Any]) -> list[Any]:
@@ -67,6 +68,7 @@ def serve(read_fd: int, write_fd: int) -> None:
             if not isinstance(op, PreparesAlone):
                 msg = f"{type(op).__name__} has no setup_preprocess(device)"
                 raise TypeError(msg)
+            place(op, device)
             op.setup_preprocess(device)
         except Exception as exc:  # noqa: BLE001 - the parent warns and prepares in its threads
             answers.send_bytes(pickle.dumps((False, f"{type(exc).__name__}: {exc}")))

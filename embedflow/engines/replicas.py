@@ -17,8 +17,10 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 
+from ..hooks import TakesPlacement
 from ..operator import Operator
 from ..plan import Apply, instantiate
+from .devices import placement
 
 _cache: weakref.WeakKeyDictionary[Apply, dict[str, Operator]] = weakref.WeakKeyDictionary()
 _lock = threading.RLock()
@@ -26,6 +28,21 @@ _lock = threading.RLock()
 
 def _needs_setup(op: Operator) -> bool:
     return type(op).setup is not Operator.setup
+
+
+def place(op: Operator, device: str) -> None:
+    """Hand ``op`` the engine's device-dependent choices for ``device`` (if it takes them):
+    before its ``setup`` or ``setup_preprocess``, in every process that sets one up."""
+    if isinstance(op, TakesPlacement):
+        op.place(placement(device))
+
+
+def set_up(op: Operator, device: str) -> Operator:
+    """``op`` placed and set up on ``device``."""
+    place(op, device)
+    if _needs_setup(op):
+        op.setup(device)
+    return op
 
 
 def ready(step: Apply, devices: Sequence[str], before_setup: Callable[[str, Operator], object] | None = None) -> list[tuple[str, Operator]]:
@@ -42,9 +59,7 @@ def ready(step: Apply, devices: Sequence[str], before_setup: Callable[[str, Oper
                 op = instantiate(step, copy_instance=bool(built))
                 if before_setup is not None:
                     before_setup(device, op)
-                if _needs_setup(op):
-                    op.setup(device)
-                built[device] = op
+                built[device] = set_up(op, device)
             out.append((device, op))
         return out
 
@@ -56,7 +71,4 @@ def cached(step: Apply) -> dict[str, Operator]:
 
 def fresh(step: Apply, device: str) -> Operator:
     """A new replica that nothing else holds (a worker process's own)."""
-    op = instantiate(step)
-    if _needs_setup(op):
-        op.setup(device)
-    return op
+    return set_up(instantiate(step), device)

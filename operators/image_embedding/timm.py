@@ -17,6 +17,7 @@ import numpy as np
 
 from embedflow import Operator
 from embedflow.errors import did_you_mean
+from embedflow.hooks import Placement
 from embedflow.models import locate_model, resolve_model, served_models
 
 from .._device_decode import Encoded, decode_on, read_encoded, to_pixels
@@ -108,6 +109,7 @@ class TimmImageEmbedding(Operator):
         self.create_kwargs = create_kwargs
         if create_kwargs:
             self._check_create_kwargs()
+        self.placement: Placement | None = None
 
     def _check_create_kwargs(self) -> None:
         """Build the model on the meta device (no memory, no weights) so that a keyword
@@ -125,6 +127,10 @@ class TimmImageEmbedding(Operator):
                 f"checkpoint_path, channels_last, layer, pool, and the keywords timm.create_model takes for {self.model_name!r}"
             )
             raise ValueError(msg) from exc
+
+    def place(self, placement: Placement) -> None:
+        """The engine's choices for this replica: the threads of an ONNX Runtime session."""
+        self.placement = placement
 
     def setup(self, device: str) -> None:
         import timm
@@ -238,7 +244,7 @@ class TimmImageEmbedding(Operator):
             return None
         self.model = None  # ONNX Runtime holds the weights now
         self.channels_last = False
-        return Session(path, torch.get_num_threads())
+        return Session(path, self.placement.threads if self.placement and self.placement.threads else torch.get_num_threads())
 
     def cast_weights(self, dtype: Any) -> bool:
         """fp16/bf16 weights, cast once (the engine then runs no autocast); not for ONNX Runtime."""

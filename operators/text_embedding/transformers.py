@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
+from embedflow.hooks import Placement, placed
 from embedflow.models import locate_model, quiet_loading, served_models
 
 from .._onnx import (
@@ -160,8 +161,14 @@ class TransformersTextEmbedding(Operator):
         self.max_length = max_length
         self.trust_remote_code = bool(trust_remote_code)
         self.run_counts: Counter[str] = Counter()  # texts cut to the length limit (summed over worker processes)
+        self.placement: Placement | None = None
 
     # ---- loading ---------------------------------------------------------------------------
+    def place(self, placement: Placement) -> None:
+        """The engine's choices for this replica: texts padded to width buckets where it asks
+        for fixed shapes (CUDA graphs), the threads of an ONNX Runtime session."""
+        self.placement = placement
+
     def setup(self, device: str) -> None:
         source = locate_model(self.model_name, "text_embedding.transformers")  # first: offline, fail before the slow import
         from transformers import AutoModel, AutoTokenizer
@@ -247,7 +254,7 @@ class TransformersTextEmbedding(Operator):
             self.input_names,
             pad_id=int(tokenizer.pad_token_id),
             prompt=self.prompt,
-            bucketed=device.startswith("cuda"),
+            bucketed=placed(self.placement, device).fixed_shapes,
             tokenizer=tokenizer,
             counts=self.run_counts,
         )
@@ -285,7 +292,7 @@ class TransformersTextEmbedding(Operator):
         if path is None:  # auto, and the cache cannot be written: torch
             return None
         self.model = self.encoder = None  # ONNX Runtime holds the weights now
-        return Session(path, torch.get_num_threads())
+        return Session(path, self.placement.threads if self.placement and self.placement.threads else torch.get_num_threads())
 
     def _token_limit(self, source: str, config: Any) -> int:
         if self.max_length is not None:

@@ -24,7 +24,7 @@ from ..batching import ModelBatcher, for_device, make_replica
 from ..devices import bind_device, cpu_count, resolve_device
 from ..failures import Failure
 from ..prepare_processes import rebuilt_by_name
-from ..replicas import fresh
+from ..replicas import fresh, place
 from ..steps import run_cheap
 from .codec import FAILED, ROWS_PER_BLOCK, Collector, carry_errors, decode, encode, raised
 
@@ -136,6 +136,7 @@ def _preparer(stage_bytes: bytes, device: str, allowed: tuple[str, ...]) -> tupl
     if not isinstance(op, PreparesAlone):
         msg = f"{stage.step.label}: its operator has no setup_preprocess(device)"
         raise TypeError(msg)
+    place(op, device)
     op.setup_preprocess(device)
     return for_device(stage, device), op
 
