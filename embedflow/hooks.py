@@ -97,6 +97,16 @@ class TakesPlacement(Protocol):
 
 
 @runtime_checkable
+class IdentifiesWeights(Protocol):
+    """Says what identifies the weights its parameters load — for files,
+    :func:`embedflow.models.files_identity` — so an incremental run recomputes when they change;
+    ``None`` for weights nothing identifies (a random initialisation): reused in one process only."""
+
+    @classmethod
+    def weights_identity(cls, params: dict[str, Any]) -> str | None: ...
+
+
+@runtime_checkable
 class PreparesOnDevice(Protocol):
     """Device work before ``forward`` (images decoded and resized on the GPU), staged by the engine."""
 

@@ -14,6 +14,7 @@ naming where it looked and the fix, instead of the libraries' half minute of ret
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -105,6 +106,22 @@ def cached_snapshot(repo_id: str) -> str | None:
         return None
     except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), or not a repo id
         return None
+
+
+def files_identity(name: str | os.PathLike[str]) -> str | None:
+    """What identifies the files a model name resolves to offline (a folder, a file, an
+    installed model package): every file's path within it, size and modification time, as a
+    digest; None when the name resolves to nothing local (the hub would be asked).
+
+    >>> files_identity("no-such/model-name") is None
+    True
+    """
+    path = Path(resolve_model(os.fspath(name)))
+    if not path.exists():
+        return None
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    listing = [(str(p.relative_to(path)) if path.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(repr(listing).encode()).hexdigest()[:32]
 
 
 def locate_model(name: str, op: str, hub_id: str | None = None, other_fix: str = "") -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from embedflow import Operator
 from embedflow.errors import did_you_mean
 from embedflow.hooks import Placement
-from embedflow.models import locate_model, resolve_model, served_models
+from embedflow.models import files_identity, locate_model, resolve_model, served_models
 
 from .._device_decode import Encoded, decode_on, read_encoded, to_pixels
 from .._layers import POOLS, LayerCatcher, pool_output
@@ -71,6 +71,14 @@ class TimmImageEmbedding(Operator):
 
     batchable = True
     default_batch_size = 16
+
+    @classmethod
+    def weights_identity(cls, params: dict[str, Any]) -> str | None:
+        """The checkpoint file, or the pretrained weights ``model_name`` resolves to offline;
+        None for random weights (``pretrained=False``): reused in one process only."""
+        if params.get("checkpoint_path"):
+            return files_identity(params["checkpoint_path"])
+        return files_identity(params["model_name"]) if params.get("pretrained", True) else None
 
     def __init__(
         self,

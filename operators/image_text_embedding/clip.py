@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
-from embedflow.models import locate_model, quiet_loading
+from embedflow.models import files_identity, locate_model, quiet_loading
 
 from ..image_decode import decode_image
 
@@ -40,6 +40,11 @@ class ClipEmbedding(Operator):
     batchable = True
     default_batch_size = 32
     reads_files = True  # modality="image": a path input is opened here (a server accepts it only under its files root)
+
+    @classmethod
+    def weights_identity(cls, params: dict[str, Any]) -> str | None:
+        """The model files ``model_name`` resolves to (for incremental runs)."""
+        return files_identity(params["model_name"])
 
     @classmethod
     def opens_files(cls, params: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 
 from embedflow import Operator
 from embedflow.hooks import Placement, placed
-from embedflow.models import locate_model, quiet_loading, served_models
+from embedflow.models import files_identity, locate_model, quiet_loading, served_models
 
 from .._onnx import (
     Session,
@@ -102,6 +102,11 @@ class TransformersTextEmbedding(Operator):
     default_batch_size = 32
     preprocess_processes = "auto"
     renamed_params = {"tokenizer_processes": "processes"}
+
+    @classmethod
+    def weights_identity(cls, params: dict[str, Any]) -> str | None:
+        """The model files ``model_name`` resolves to (for incremental runs)."""
+        return files_identity(params["model_name"])
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedflow import Operator
-from embedflow.models import locate_model, quiet_loading
+from embedflow.models import files_identity, locate_model, quiet_loading
 
 
 class WordEmbedding(Operator):
@@ -31,6 +31,11 @@ class WordEmbedding(Operator):
     """
 
     threaded = False
+
+    @classmethod
+    def weights_identity(cls, params: dict[str, Any]) -> str | None:
+        """The model files ``model_name`` resolves to (for incremental runs)."""
+        return files_identity(params["model_name"])
 
     def __init__(self, model_name: str, special_tokens: bool = False):
         self.model_name = model_name
