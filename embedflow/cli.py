@@ -1,8 +1,10 @@
 """The ``embedflow`` command line.
 
 * ``embedflow run FILE [--param k=v ...] [--device D] [--engine local|ray] [--ray-address A]
-  [--limit N] [--no-resume] [--quiet] [--allow-import MODULE]`` runs a pipeline file to its sink
-  (resuming an interrupted run);
+  [--limit N] [--recompute] [--cache DIR] [--quiet] [--allow-import MODULE]`` runs a pipeline
+  file to its sink, computing only the rows its result store does not hold (an interrupted
+  run's, or an earlier run's on rows that did not change);
+* ``embedflow cache info|prune STORE`` shows a result store, or removes what no output uses;
 * ``embedflow serve FILE [--param k=v ...] [--host H] [--port P] [--max-batch-size N] [--max-wait-ms M]``
   serves the pipeline over HTTP (``POST /v1/embeddings``, ``POST /run``; see :mod:`embedflow.serve`);
 * ``embedflow explain FILE`` prints its plan; ``embedflow validate FILE`` checks it (operators,
@@ -31,11 +33,13 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__, catalog, registry
 from .engines import ENGINES
 from .errors import EmbedflowError, PipelineError, UsageError
+from .io.results import ResultStore
 from .models import allow_import
 from .operator import is_operator_class
 from .pipelines import pipelines, preflight, read_pipeline, run_pipeline, serve_pipeline
@@ -137,10 +141,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
             device=args.device,
             engine=args.engine,
             limit=args.limit,
-            resume=not args.no_resume,
+            resume=not args.recompute,
+            cache=args.cache,
             progress=False if args.quiet else None,
         )
     print(summary.line())
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    path = Path(args.store)
+    folder = path if (path / "store.json").exists() else path.parent / f".{path.name}.cache"
+    if not (folder / "store.json").exists():
+        msg = f"{args.store}: no result store there (nor {folder}); name a store folder or the output of a pipeline run"
+        raise UsageError(msg)
+    store = ResultStore(folder).open(exclusive=args.action == "prune")
+    try:
+        if args.action == "prune":
+            removed, freed = store.prune()
+            print(f"{folder}: removed {removed} entries no output uses, freed {freed / 1e6:.1f} MB")
+        found = store.info()
+        print(
+            f"{folder}: {found['entries']} entries in {found['segments']} segments, {found['bytes'] / 1e6:.1f} MB; used by {', '.join(found['outputs']) or 'no output yet'}"
+        )
+    finally:
+        store.close()
     return 0
 
 
@@ -215,12 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     named = sub.add_parser("pipelines", help="list the pipelines known by name (bundled and published by packages)", parents=[common])
     named.set_defaults(func=_cmd_pipelines)
 
-    run = sub.add_parser("run", help="run a pipeline file to its sink (resumes an interrupted run)", parents=[files])
+    run = sub.add_parser("run", help="run a pipeline file to its sink, computing only the rows no earlier run did", parents=[files])
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the file's, else auto)")
     run.add_argument("--engine", choices=list(ENGINES), help="the engine (default local)")
     run.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)")
     run.add_argument("--limit", type=int, help="only the first N source rows")
-    run.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
+    run.add_argument(
+        "--recompute", "--no-resume", dest="recompute", action="store_true", help="compute every row again, reusing nothing (the results are stored)"
+    )
+    run.add_argument("--cache", metavar="DIR", help="the result store (default: .<output>.cache beside the output)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
@@ -238,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--files-root", help="a folder whose files requests may name by path (and the page shows); default none")
     srv.add_argument("--verbose", action="store_true", help="log every request")
     srv.set_defaults(func=_cmd_serve)
+
+    cache = sub.add_parser("cache", help="a result store: what it holds (info), or drop what no output uses (prune)", parents=[common])
+    cache.add_argument("action", choices=["info", "prune"])
+    cache.add_argument("store", help="the store's folder, or an output file (its store is .<output>.cache beside it)")
+    cache.set_defaults(func=_cmd_cache)
 
     layers = sub.add_parser("layers", help="list a model's layers and output shapes (names for layer=)", parents=[common])
     layers.add_argument("model", help="a timm architecture (resnet18) or an importable 'package.module:factory'")

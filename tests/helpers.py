@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -86,10 +85,12 @@ if _spec:
     if _kind == "after-replace":  # a file or folder renamed into place, what follows not done
         _real_replace = os.replace
 
+        import re
+
         def _replace(src, dst, *args, **kwargs):
             _real_replace(src, dst, *args, **kwargs)
             path = os.fspath(dst)
-            if path == _target if os.path.isabs(_target) else _target in os.path.basename(path):
+            if re.search(_target[3:], path) if _target.startswith("re:") else path == _target:
                 _die_the_nth_time()
 
         os.replace = _replace
@@ -112,16 +113,16 @@ if _spec:
 def kill_at(point, output):
     """The environment that makes an ``embedflow run`` started with the plugin SIGKILL itself,
     as a power cut would, at ``point`` (``name`` or ``name:n``, the n-th time) of a file sink's
-    run writing ``output``: ``shard-written`` (a shard in place, the manifest not listing it),
-    ``merge-half`` (half the rows merged into the output), ``output-written`` (the output in
-    place, the shards not removed), ``cleanup-renamed`` (the shards' folder renamed away, not
-    deleted)."""
+    run writing ``output``: ``segment-written`` (a segment of results in the store, its sidecar
+    not yet there: it does not count), ``segment-listed`` (the sidecar in place: it counts),
+    ``merge-half`` (half the rows written into the output), ``output-written`` (the output in
+    place, the store's record of what it used not yet written)."""
     name, _, nth = point.partition(":")
     kinds = {
-        "shard-written": ("after-replace", "shard-"),
+        "segment-written": ("after-replace", r"re:/segments/[^/]+\.arrow$"),
+        "segment-listed": ("after-replace", r"re:/segments/[^/]+\.json$"),
         "merge-half": ("half-written", "ParquetSink"),
         "output-written": ("after-replace", str(output)),
-        "cleanup-renamed": ("after-replace", ".trash-"),
     }
     kind, target = kinds[name]
     return {"EMBEDFLOW_TEST_KILL": f"{kind}|{target}|{nth or 1}"}
@@ -179,20 +180,16 @@ def slow_pipeline(tmp_path, rows=400, on_error="raise", sink="parquet", op="slow
     return path
 
 
-def wait_for_shards(parts: Path, count: int, proc, timeout: float = 60) -> list[str]:
+def wait_for_segments(store: Path, count: int, proc, timeout: float = 60) -> list[str]:
+    """Wait until the result store ``store`` lists ``count`` segments (while ``proc`` runs)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        manifest = parts / "manifest.json"
-        if manifest.exists():
-            try:
-                shards = json.loads(manifest.read_text())["shards"]
-            except json.JSONDecodeError:
-                shards = []
-            if len(shards) >= count:
-                return [s["file"] for s in shards]
+        listed = sorted(p.stem for p in (store / "segments").glob("*.json"))
+        if len(listed) >= count:
+            return listed
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
-    raise AssertionError("no shards appeared")
+    raise AssertionError("no segments appeared")
 
 
 @contextlib.contextmanager

@@ -20,9 +20,10 @@ import pytest
 
 import embedflow as ef
 from embedflow import DataCollection
+from embedflow.engines.incremental import content_keys
 from embedflow.errors import EmbedflowError, ItemError
 from embedflow.io.readers import Part
-from embedflow.io.shards import ShardStore
+from embedflow.io.results import ResultStore
 from embedflow.io.sources import Source
 from embedflow.pipelines import read_pipeline, run_pipeline
 
@@ -209,23 +210,23 @@ def test_file_sources_are_read_by_ray_tasks_in_order(tmp_path, small_parts, kind
     assert refusing_driver_reads(chain.set_engine("ray")).to_list() == local
 
 
-def test_a_resumed_run_on_ray_reads_only_the_rows_not_yet_done(tmp_path, small_parts):
+def test_an_incremental_run_on_ray_computes_only_the_rows_the_store_lacks(tmp_path, small_parts):
     sentences = ROOT / "data" / "texts" / "sentences.txt"
     reference = tmp_path / "reference.parquet"
     run_pipeline(read_pipeline(ROOT / "pipelines" / "text_embedding.yaml", input=str(sentences), output=str(reference)), progress=False)
     expected = pq.read_table(reference).to_pylist()
-    # an earlier run committed rows 0-49; its vectors are marked (zeros) to tell them apart
+    # an earlier run stored rows 0-49; their vectors are marked (zeros) to tell them apart
     out = tmp_path / "v.parquet"
     pipeline = read_pipeline(ROOT / "pipelines" / "text_embedding.yaml", input=str(sentences), output=str(out))
-    store = ShardStore(out, pipeline.fingerprint(), pipeline.collection.plan.source.identity())
-    store.open(resume=True)
-    store.commit([(i, str(i), {"text": r["text"], "vec": np.zeros(384, np.float32)}) for i, r in enumerate(expected[:50])])
+    keys = content_keys(pipeline.collection.plan)
+    store = ResultStore(tmp_path / ".v.parquet.cache").open()
+    store.add([(content, 0, {"text": r["text"], "vec": np.zeros(384, np.float32)}) for (_n, content, _k), r in zip(keys[:50], expected)])
     store.close()
-    summary = run_pipeline(replace(pipeline, collection=refusing_driver_reads(pipeline.collection)), engine="ray", progress=False)
-    assert (summary.read, summary.resumed, summary.written, summary.failed) == (120, 50, 120, 0)
+    summary = run_pipeline(pipeline, engine="ray", progress=False)
+    assert (summary.read, summary.reused, summary.written, summary.failed) == (120, 50, 120, 0)
     got = pq.read_table(out).to_pylist()
     assert [r["text"] for r in got] == [r["text"] for r in expected]  # each row once, in order
-    assert all(not any(r["vec"]) for r in got[:50])  # the done rows were not computed again
+    assert all(not any(r["vec"]) for r in got[:50])  # the stored rows were not computed again
     np.testing.assert_allclose(np.array([r["vec"] for r in got[50:]]), np.array([r["vec"] for r in expected[50:]]), atol=1e-5)
 
 

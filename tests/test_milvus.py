@@ -129,3 +129,39 @@ def test_without_pymilvus_the_message_says_how_to_install(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "Milvus support needs pymilvus and Milvus Lite, which are not installed: pip install 'embedflow[milvus]'"
+
+
+def test_an_incremental_run_makes_the_collection_mirror_the_input(tmp_path, registered):
+    """Edits, additions and removals: changed and new rows upserted, removed ones deleted, and
+    only the changed and new rows computed."""
+    from embedflow.io.milvus import client
+
+    calls = []
+
+    @registered("mirror.vec")
+    def vec(text: str) -> np.ndarray:
+        calls.append(text)
+        return np.array([len(text), text.count("e"), 1.0], np.float32)
+
+    data, db = tmp_path / "in.txt", tmp_path / "v.db"
+    data.write_text("alpha\nbeta\ngamma\ndelta\n")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"source: {{read_text: {data}, column: text, key: text}}\n"
+        "steps:\n  - {op: mirror.vec, in: text, out: vec}\n"
+        f"sink: {{milvus: {db}, collection: c, vector: vec, fields: [text]}}\n"
+    )
+    assert run_pipeline(read_pipeline(pipeline), progress=False).written == 4
+    data.write_text("alpha\nbeta, edited\ndelta\nepsilon\n")  # beta edited (a new key), gamma removed, epsilon added
+    calls.clear()
+    summary = run_pipeline(read_pipeline(pipeline), progress=False)
+    assert (summary.read, summary.reused, summary.written) == (4, 2, 4)
+    assert sorted(calls) == ["beta, edited", "epsilon"]
+    c = client(str(db))
+    try:
+        found = c.query("c", filter='id != ""', output_fields=["id", "text", "vector"])
+    finally:
+        c.close()
+    assert sorted(r["id"] for r in found) == ["alpha", "beta, edited", "delta", "epsilon"]
+    by_id = {r["id"]: r for r in found}
+    np.testing.assert_allclose(by_id["epsilon"]["vector"], [7.0, 1.0, 1.0])

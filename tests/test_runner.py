@@ -13,37 +13,46 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedflow.errors import EmbedflowError, ModelNotFoundError
+from embedflow.errors import ModelNotFoundError
 from embedflow.pipelines import read_pipeline, run_pipeline
 
 from .conftest import ROOT, requires
-from .helpers import embedflow, slow_pipeline, wait_for_shards
+from .helpers import embedflow, slow_pipeline, wait_for_segments
+
+
+def stored_texts(store):
+    """The texts the listed segments of a result store hold."""
+    import pyarrow as pa
+
+    texts = set()
+    for sidecar in (store / "segments").glob("*.json"):
+        with pa.memory_map(str(sidecar.with_suffix(".arrow"))) as source:
+            texts.update(pa.ipc.open_file(source).read_all().column("text").to_pylist())
+    return texts
 
 
 @pytest.mark.slow
 def test_resume_after_kill_9_gives_every_row_once_in_order_without_recomputing(tmp_path, plugin):
     pipeline = slow_pipeline(tmp_path)
     out = tmp_path / "out" / "v.parquet"
-    parts = out.parent / ".v.parquet.parts"
+    store = out.parent / ".v.parquet.cache"
     env = {"EMBEDFLOW_SHARD_ROWS": "40"}
     args = ["run", str(pipeline), "--param", "delay=0.01"]
 
     first = embedflow(args, plugin, env)
-    wait_for_shards(parts, 2, first)
+    wait_for_segments(store, 2, first)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not out.exists()  # no half-written output
-    shards = json.loads((parts / "manifest.json").read_text())["shards"]
-    committed = {text for shard in shards for text in pq.read_table(parts / shard["file"]).column("text").to_pylist()}
+    committed = stored_texts(store)
     (tmp_path / "log.txt").write_text("")  # from here on, the log shows what the re-run computes
 
     second = embedflow(args, plugin, env)
     stdout, stderr = second.communicate(timeout=120)
     assert second.returncode == 0, stderr
-    assert "already done by an earlier run" in stdout
+    assert f"read 400 rows, reused {len(committed)}, wrote 400" in stdout
     recomputed = set((tmp_path / "log.txt").read_text().splitlines())
     assert not (recomputed & committed)  # rows written before the kill were not computed again
-    assert not parts.exists()
 
     reference = tmp_path / "ref.parquet"
     clean = embedflow(["run", str(pipeline), "--param", f"output={reference}", "--param", f"log={tmp_path}/log2.txt"], plugin)
@@ -68,12 +77,12 @@ def test_ctrl_c_saves_finished_rows_and_exits_130(tmp_path, plugin):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "run the same command to resume" in stderr
-    shards = json.loads((out.parent / ".v.parquet.parts" / "manifest.json").read_text())["shards"]
-    assert shards and shards[0]["rows"] > 0  # the interrupt committed the rows that had reached the sink
+    committed = stored_texts(out.parent / ".v.parquet.cache")
+    assert committed  # the interrupt committed the rows that had reached the sink
     again = embedflow(args, plugin)
     stdout, stderr = again.communicate(timeout=120)
     assert again.returncode == 0, stderr
-    assert f"({shards[0]['rows']} already done by an earlier run)" in stdout
+    assert f"read 1000 rows, reused {len(committed)}, wrote 1000" in stdout
     assert pq.read_table(out).column("text").to_pylist() == [f"line {i}" for i in range(1000)]
 
 
@@ -162,20 +171,23 @@ def test_a_run_whose_model_will_not_load_leaves_nothing_behind(tmp_path, sink):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.txt", "p.yaml"]  # no folder, lock or shards
 
 
-def test_a_refused_resume_keeps_the_unfinished_run(tmp_path):
+def test_a_store_of_another_version_is_set_aside_with_one_line(tmp_path):
     (tmp_path / "lines.txt").write_text("a\nb\n")
     out = tmp_path / "out" / "v.parquet"
     (tmp_path / "p.yaml").write_text(
-        f"source: {{read_text: {tmp_path / 'lines.txt'}, column: text}}\n"
-        "steps:\n  - {op: text_embedding.transformers, in: text, out: vec, with: {model_name: no-such/model}}\n"
-        f"sink: {{parquet: {out}}}\n"
+        f"source: {{read_text: {tmp_path / 'lines.txt'}, column: text}}\nsteps:\n  - {{op: normalize, in: text, out: text}}\nsink: {{jsonl: {out}}}\n"
     )
-    parts = out.parent / ".v.parquet.parts"
-    parts.mkdir(parents=True)
-    (parts / "manifest.json").write_text('{"format": "other"}')
-    with pytest.raises(EmbedflowError, match="another version of embedflow"):
-        run_pipeline(read_pipeline(tmp_path / "p.yaml"))
-    assert (parts / "manifest.json").exists()  # not this run's leftover: kept for the user to decide
+    (tmp_path / "p.yaml").write_text(
+        f"source: {{read_text: {tmp_path / 'lines.txt'}, column: text}}\nsteps:\n  - {{select: [text]}}\nsink: {{jsonl: {out}}}\n"
+    )
+    store = out.parent / ".v.parquet.cache"
+    store.mkdir(parents=True)
+    (store / "store.json").write_text('{"format": 0}')
+    with pytest.warns(UserWarning, match=r"written by another version of embedflow \(format 0\): set aside as .*results are computed anew") as caught:
+        summary = run_pipeline(read_pipeline(tmp_path / "p.yaml"), progress=False)
+    assert len(caught) == 1 and (summary.read, summary.reused, summary.written) == (2, 0, 2)
+    assert json.loads((store / "store.json").read_text()) == {"format": 1}
+    assert len([p for p in out.parent.iterdir() if ".format-0-" in p.name]) == 1  # kept for the user
 
 
 def test_limit_and_explain_and_ops_commands(tmp_path, plugin):

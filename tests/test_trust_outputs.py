@@ -223,6 +223,7 @@ def test_a_full_disk_names_the_output(tmp_path, lengths, capsys, monkeypatch):
     """Issue 21: "No space left on device" came without the path being written."""
     import errno
 
+    import pyarrow.ipc
     import pyarrow.parquet
 
     from embedflow.cli import main
@@ -233,7 +234,11 @@ def test_a_full_disk_names_the_output(tmp_path, lengths, capsys, monkeypatch):
     (tmp_path / "in.txt").write_text("a\nbb\n")
     out = tmp_path / "out" / "v.parquet"
     path = pipeline_file(tmp_path, f'{{read_text: "{tmp_path / "in.txt"}", column: text}}', f'{{parquet: "{out}"}}')
-    monkeypatch.setattr(pyarrow.parquet, "write_table", full)
+    with monkeypatch.context() as patched:  # the result store's disk is full
+        patched.setattr(pyarrow.ipc, "new_file", full)
+        assert main(["run", str(path), "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith(f"embedflow: No space left on device: {out.parent / '.v.parquet.cache'} (OSError)")
+    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", full)  # the output's disk is full
     assert main(["run", str(path), "--quiet"]) == 1
     assert capsys.readouterr().err.startswith(f"embedflow: No space left on device: {out} (OSError)")
     monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", full)

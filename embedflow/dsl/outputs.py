@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..engines import RunStats, describe_physical, execute, stream
+from ..engines.incremental import run_cached
 from ..errors import ColumnError
 from ..io.files import ParquetSink, plain_value
 from ..io.milvus import MilvusSink
@@ -40,10 +41,16 @@ class Outputs:
     _settings: RunSettings
 
     def _run(self, sink: Sink, engine: str | None) -> Any:
-        return execute(self._plan, sink, self._settings.but(engine=engine), named=self._named)
+        settings = self._settings.but(engine=engine)
+        if settings.cache is not None:
+            return run_cached(self._plan, settings, sink, named=self._named)
+        return execute(self._plan, sink, settings, named=self._named)
 
     def __iter__(self) -> Iterator[Any]:
         """Run the plan and yield rows one by one (dicts in named mode)."""
+        if self._settings.cache is not None:  # written whole from the store
+            yield from self.to_list()
+            return
         for _numbers, rows in stream(self._plan, self._settings):
             yield from rows
 

@@ -9,6 +9,7 @@ target are :class:`~embedflow.plan.RunSettings`, which a sink resolves when it r
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Self
 
@@ -48,6 +49,21 @@ class Settings:
         settings = self._settings.but(errors=check_error_target(errors)) if errors is not None else self._settings
         plan = replace(self._plan, source_errors="skip") if not self._plan.steps else self._plan
         return self._with(plan=plan, settings=settings, on_error="skip")
+
+    def cache(self, path: str | os.PathLike[str]) -> Self:
+        """Keep each row's results in the result store at ``path`` (a folder): a sink then
+        computes only the rows whose content, or whose steps, the store has not seen — a
+        notebook rerun after editing a list of texts embeds only the new ones. The same store
+        as ``embedflow run``'s (see the README's "Incremental runs").
+
+        >>> import embedflow as ef, tempfile
+        >>> store = tempfile.mkdtemp()
+        >>> ef.dc(["a", "b"]).map(str.upper).cache(store).to_list()
+        ['A', 'B']
+        >>> ef.dc(["a", "c"]).map(str.upper).cache(store).to_list()  # "a" comes from the store
+        ['A', 'C']
+        """
+        return self._with(settings=self._settings.but(cache=os.fspath(path)))
 
     def set_device(self, device: str) -> Self:
         """The device for model steps that do not name one: auto, cpu, cuda, cuda:N or mps.

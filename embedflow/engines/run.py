@@ -79,7 +79,7 @@ def execute(
     sink.open(SinkContext(named=named, key_column=plan.key_column, source=plan.source, expands=plan.expands))
     try:
         for numbers, rows in stream(plan, settings, ordered=sink.ordered, stats=stats, progress=progress, failures=failures):
-            with _naming(sink):
+            with naming(sink):
                 sink.write(numbers, rows)
     except BaseException:
         try:
@@ -87,12 +87,12 @@ def execute(
         except Exception:
             logger.exception("cleaning up the sink after a failed run failed too")
         raise
-    with _naming(sink):
+    with naming(sink):
         return sink.close()
 
 
 @contextlib.contextmanager
-def _naming(sink: Sink) -> Iterator[None]:
+def naming(sink: Sink) -> Iterator[None]:
     """An OSError from writing that names no file (a full disk: "No space left on device")
     names the sink's output instead, so the one-line error says where."""
     try:

@@ -25,17 +25,62 @@ from .remote import is_remote
 CHUNK = 1 << 20
 
 
-def row_digest(row: Any, file_columns: Iterable[str] = (), whole_is_file: bool = False) -> str:
+class FileDigests:
+    """The digests of files' bytes, remembered with each file's size, modification time and
+    inode (as git's index does): a file whose stat is unchanged is not read again. ``known``
+    is what an earlier run remembered (:meth:`ResultStore.file_digests`); ``seen`` what this
+    one did.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.bin")
+    >>> open(path, "wb").write(b"abc")
+    3
+    >>> memo = FileDigests()
+    >>> memo.digest(path) == FileDigests(memo.seen).digest(path)
+    True
+    """
+
+    def __init__(self, known: dict[str, list[Any]] | None = None):
+        self.known = known or {}
+        self.seen: dict[str, list[Any]] = {}
+        self.read = 0  # files whose bytes were read
+
+    def digest(self, path: str) -> str:
+        """The digest of ``path``'s bytes ("unreadable" for a file that cannot be read)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return "unreadable"
+        stat = [st.st_size, st.st_mtime_ns, st.st_ino]
+        found = self.known.get(path)
+        if found is not None and found[:3] == stat:
+            self.seen[path] = found
+            return str(found[3])
+        h = hashlib.blake2b(digest_size=20)
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(CHUNK):
+                    h.update(block)
+        except OSError:
+            return "unreadable"
+        self.read += 1
+        self.seen[path] = [*stat, h.hexdigest()]
+        return h.hexdigest()
+
+
+def row_digest(row: Any, file_columns: Iterable[str] = (), whole_is_file: bool = False, files: FileDigests | None = None) -> str:
     """The hex digest of ``row`` (a dict of columns, or a plain value); ``file_columns`` (or the
-    row itself, with ``whole_is_file``) are paths whose files' bytes are part of it."""
+    row itself, with ``whole_is_file``) are paths whose files' bytes are part of it (through
+    ``files``, which remembers them)."""
     h = hashlib.blake2b(digest_size=20)
-    files = set(file_columns)
+    columns = set(file_columns)
+    memo = files if files is not None else FileDigests()
     if isinstance(row, dict):
         for column, value in row.items():
             _feed(h, column)
-            _feed_file(h, value) if column in files and isinstance(value, (str, os.PathLike)) else _feed(h, value)
+            _feed_file(h, value, memo) if column in columns and isinstance(value, (str, os.PathLike)) else _feed(h, value)
     elif whole_is_file and isinstance(row, (str, os.PathLike)):
-        _feed_file(h, row)
+        _feed_file(h, row, memo)
     else:
         _feed(h, row)
     return h.hexdigest()
@@ -74,10 +119,10 @@ def _tagged(h: Any, tag: bytes, data: bytes) -> None:
     h.update(data)
 
 
-def _feed_file(h: Any, path: str | os.PathLike[str]) -> None:
+def _feed_file(h: Any, path: str | os.PathLike[str], files: FileDigests) -> None:
     """A file's name and bytes; a remote file's name and what its store says of its content
-    (size, and ETag or modification time); a file that cannot be read by its name only (its step
-    then fails on it, as it would without a store)."""
+    (size, and ETag or modification time); a file that cannot be read by its name only (its
+    step then fails on it, as it would without a store)."""
     name = os.fspath(path)
     _feed(h, name)
     if is_remote(name):
@@ -88,9 +133,4 @@ def _feed_file(h: Any, path: str | os.PathLike[str]) -> None:
             return
         _feed(h, [str(meta.get("size")), str(meta.get("version"))])
         return
-    try:
-        with open(name, "rb") as f:
-            while block := f.read(CHUNK):
-                h.update(block)
-    except OSError:
-        h.update(b"unreadable")
+    _feed(h, files.digest(name))

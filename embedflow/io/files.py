@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,6 +80,16 @@ class AtomicFile:
         self.tmp.unlink(missing_ok=True)
         if self.url is not None:
             shutil.rmtree(self.tmp.parent, ignore_errors=True)
+
+
+def in_row_order(lines: Iterable[str]) -> list[str]:
+    """Failure records (JSON lines) sorted by their source row — the one order every errors
+    file is written in (a record without a row counts as row 0).
+
+    >>> in_row_order(['{"row": 2}', '{"row": 1}', '{"step": "x"}'])
+    ['{"step": "x"}', '{"row": 1}', '{"row": 2}']
+    """
+    return sorted(lines, key=lambda s: json.loads(s).get("row") or 0)
 
 
 def write_lines(path: str | os.PathLike[str], lines: Iterator[str]) -> None:

@@ -65,8 +65,11 @@ class MilvusSink(Sink):
         metric: str = "COSINE",
         key: str | None = None,
         batch_size: int = 256,
+        mirror: bool = False,
     ):
         self.uri, self.collection, self.vector = os.fspath(uri), collection, vector
+        self.mirror = mirror  # close() deletes the entities whose keys this run did not write
+        self.deleted = 0
         self.fields = tuple(fields) if fields is not None else None
         self.metric = check_metric(metric)
         self.key = key
@@ -156,10 +159,28 @@ class MilvusSink(Sink):
         try:
             self._flush()
             self._connected()  # a finished run leaves its database, even an empty one
+            if self.mirror:
+                self._delete_others()
         finally:
             if self.client is not None:
                 self.client.close()
         return self.count
+
+    def _delete_others(self) -> None:
+        """Delete the entities whose keys this run did not write: the collection then mirrors
+        the input (an incremental run writes every row of it)."""
+        if not self.client.has_collection(self.collection):
+            return
+        found = self.client.query_iterator(self.collection, batch_size=1000, filter='id != ""', output_fields=["id"])
+        stale: list[str] = []
+        try:
+            while batch := found.next():
+                stale.extend(r["id"] for r in batch if r["id"] not in self.seen)
+        finally:
+            found.close()
+        for start in range(0, len(stale), 1000):
+            self.client.delete(self.collection, ids=stale[start : start + 1000])
+        self.deleted = len(stale)
 
     def abort(self) -> None:
         """Upserts are idempotent: keep what was written, send what is pending."""

@@ -4,6 +4,7 @@ content key (:mod:`.content` for the row, :mod:`embedflow.plan.fingerprint` for 
 A folder (by default ``.<output>.cache/`` beside the output)::
 
     store.json               {"format": 1}
+    files.json               each hashed file's size, modification time, inode and digest
     segments/<id>.arrow      Arrow IPC: __content, __part, then the output columns
     segments/<id>.json       the segment's row count and SHA-256, written after it
     refs/<output id>.json    the content keys an output's last complete run used
@@ -215,6 +216,19 @@ class ResultStore:
         self._tables[segment] = table
         self._enter(segment, [key for key, _part, _row in entries])
         return int(table.num_rows)
+
+    def file_digests(self) -> dict[str, list[Any]]:
+        """What earlier runs remembered of the files they hashed (see ``FileDigests``)."""
+        try:
+            found = json.loads((self.path / "files.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def remember_files(self, seen: dict[str, list[Any]]) -> None:
+        """Keep ``seen`` (with what earlier runs remembered) for the next run."""
+        if seen:
+            write_lines(self.path / "files.json", iter([json.dumps(self.file_digests() | seen)]))
 
     def refer(self, output: str, keys: Iterable[str]) -> None:
         """Record the content keys ``output``'s last complete run used (what ``prune`` keeps)."""

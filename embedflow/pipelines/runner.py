@@ -1,63 +1,72 @@
-"""Running a pipeline file to its sink: resume, bad rows, a summary.
+"""Running a pipeline file to its sink: incremental runs, bad rows, a summary.
 
-A file sink (parquet, jsonl, npy) is wrapped in a resumable sink (:mod:`embedflow.io.shards`):
-finished rows are committed to shards beside the output as they finish, a rerun after a crash,
-``kill -9`` or Ctrl-C skips the rows already committed (they are not recomputed) and at the
-end the shards are merged in input order into the output. A rerun continues only if the
-pipeline, its parameters and its input are unchanged. Milvus upserts by row key and the print
-sink prints a table: neither needs shards.
+A file sink's run (parquet, jsonl, npy) goes through a result store beside the output
+(:mod:`embedflow.engines.incremental`): finished rows are committed to it as they finish, under
+a key made of the row's content and the pipeline's steps. A rerun — after a crash, ``kill -9``
+or Ctrl-C, or on an input that changed — computes only the rows the store does not hold and
+writes the output from it in input order. Milvus upserts by row key and the print sink prints
+a table: neither has a store.
 
 >>> from embedflow.pipelines.runner import RunSummary
->>> RunSummary(read=10, written=9, failed=1, resumed=0, seconds=2.0, output="o").line()
-'read 10 rows, wrote 9, failed 1 in 2.0s (5.0 rows/s) -> o'
+>>> RunSummary(read=201, written=201, failed=0, reused=196, seconds=2.5, output="o").line()
+'read 201 rows, reused 196, wrote 201, failed 0 in 2.5s (2.0 rows/s) -> o'
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..engines import FailureLog, execute
+from ..engines.incremental import Outcome, run_incremental
 from ..errors import PipelineError
-from ..io.files import FileSink, JsonlSink, NpySink, ParquetSink, write_lines
+from ..io.files import FileSink, JsonlSink, NpySink, ParquetSink, in_row_order, write_lines
 from ..io.milvus import MilvusSink
-from ..io.ranges import RowFilter, as_ranges, count
+from ..io.output_lock import OutputLock
+from ..io.ranges import RowFilter
 from ..io.remote import remove
-from ..io.shards import ResumableSink, ShardStore, in_row_order
+from ..io.results import ResultStore
 from ..io.sinks import Sink
 from ..plan import Plan, RunSettings
 from ..views.display import PrintSink
 from .checks import preflight, schema_columns
 from .schema import Pipeline, SinkSpec
 
-# Commit a shard at least every SHARD_ROWS rows or SHARD_SECONDS seconds, so an interruption
-# loses little work (EMBEDFLOW_SHARD_ROWS / EMBEDFLOW_SHARD_SECONDS override them).
-SHARD_ROWS = int(os.environ.get("EMBEDFLOW_SHARD_ROWS", "256"))
-SHARD_SECONDS = float(os.environ.get("EMBEDFLOW_SHARD_SECONDS", "2.0"))
+# Commit finished rows to the result store at least every COMMIT_ROWS rows or COMMIT_SECONDS
+# seconds, so an interruption loses little work (EMBEDFLOW_SHARD_ROWS / EMBEDFLOW_SHARD_SECONDS).
+COMMIT_ROWS = int(os.environ.get("EMBEDFLOW_SHARD_ROWS", "256"))
+COMMIT_SECONDS = float(os.environ.get("EMBEDFLOW_SHARD_SECONDS", "2.0"))
 
 
 @dataclass
 class RunSummary:
-    """What a run did; ``line()`` is the closing line the CLI prints."""
+    """What a run did; ``line()`` is the closing line the CLI prints. ``reused``: rows taken
+    from the result store (None for a sink that has none); the rate counts the rows computed."""
 
     read: int
     written: int
     failed: int
-    resumed: int
+    reused: int | None
     seconds: float
     output: str
     errors: str | None = None
+    not_reusable: str | None = None
 
     def line(self) -> str:
-        done = f" ({self.resumed} already done by an earlier run)" if self.resumed else ""
-        rate = (self.read - self.resumed) / self.seconds if self.seconds > 0 else 0.0
-        text = f"read {self.read} rows{done}, wrote {self.written}, failed {self.failed} in {self.seconds:.1f}s ({rate:.1f} rows/s) -> {self.output}"
+        reused = f", reused {self.reused}" if self.reused else ""  # said when the store gave rows
+        rate = (self.read - (self.reused or 0)) / self.seconds if self.seconds > 0 else 0.0
+        text = (
+            f"read {self.read} rows{reused}, wrote {self.written}, failed {self.failed} in {self.seconds:.1f}s ({rate:.1f} rows/s) -> {self.output}"
+        )
         if self.errors:
             text += f"; failures in {self.errors}"
+        if self.not_reusable:
+            text += f" (nothing reused: {self.not_reusable} makes a row's results depend on other rows)"
         return text
 
 
@@ -99,9 +108,13 @@ def run_pipeline(
     limit: int | None = None,
     resume: bool = True,
     progress: bool | None = None,
+    cache: str | os.PathLike[str] | None = None,
 ) -> RunSummary:
-    """Run ``pipeline`` to its sink (resuming an unfinished run of a file sink); returns the
-    summary. A KeyboardInterrupt keeps what is finished before it propagates."""
+    """Run ``pipeline`` to its sink; returns the summary. A file sink's run is incremental:
+    rows whose results the store (``cache``, default beside the output) holds are reused —
+    what an interrupted run finished, and what an earlier run computed for unchanged rows —
+    unless ``resume`` is False (then every row is computed, and stored). A KeyboardInterrupt
+    keeps what is finished before it propagates."""
     spec = pipeline.sink
     if spec is None:
         raise PipelineError(f"{pipeline.file}: no sink: add e.g. sink: {{parquet: out/vectors.parquet}}")
@@ -115,11 +128,15 @@ def run_pipeline(
     sink = build_sink(spec, schema_columns(pipeline))
     start = time.perf_counter()
     target = errors_path(spec)
-    if isinstance(sink, FileSink):
-        fingerprint = pipeline.fingerprint() + (f"-limit{limit}" if limit is not None else "")
-        written, failed, resumed, read = _run_resumable(
-            plan, dc.settings, sink, spec.path, fingerprint, target, named=dc.named, limit=limit, resume=resume, progress=progress
-        )
+    not_reusable = None
+    if isinstance(sink, (FileSink, MilvusSink)):
+        if isinstance(sink, MilvusSink):
+            sink.mirror = True  # every row is written: what the run did not write is gone from the input
+        outcome = _run_incremental(
+            plan, dc.settings, sink, _staging(spec), _describe(spec), target,
+            named=dc.named, limit=limit, recompute=not resume, progress=progress, cache=cache,
+        )  # fmt: skip
+        written, failed, reused, read, not_reusable = outcome.written, outcome.failed, outcome.reused, outcome.read, outcome.not_reusable
     else:
         records: list[dict[str, Any]] = []
         failures = FailureLog(records.append, plan.key_column)
@@ -129,7 +146,7 @@ def run_pipeline(
         written = execute(plan, sink, dc.settings, named=dc.named, progress=quiet, failures=failures)
         if records:
             write_lines(target, iter(records_as_lines(records)))
-        failed, resumed = failures.count, 0
+        failed, reused = failures.count, None
         read = written + failed
         if plan.expands and isinstance(sink, MilvusSink):  # rows came of rows: count the source's
             read = len(sink.source_rows() | failures.rows)
@@ -137,50 +154,68 @@ def run_pipeline(
         read=read,
         written=written,
         failed=failed,
-        resumed=resumed,
+        reused=reused,
         seconds=time.perf_counter() - start,
         output=_describe(spec),
         errors=str(target) if failed else None,
+        not_reusable=not_reusable,
     )
 
 
-def _run_resumable(
+def _staging(spec: SinkSpec) -> Path:
+    """The local path whose lock and result store a run uses: the output file (for a URL, a
+    local place for it); for Milvus, one per collection beside a Milvus Lite file, or in the
+    current folder for a server."""
+    if spec.kind != "milvus":
+        return spec.path
+    return Path(spec.collection or "collection") if spec.remote else spec.path.with_name(f"{spec.path.name}.{spec.collection}")
+
+
+def _run_incremental(
     plan: Plan,
     settings: RunSettings,
-    sink: FileSink,
+    sink: FileSink | MilvusSink,
     staging: Path,
-    fingerprint: str,
+    output: str,
     errors: Path | str,
     *,
     named: bool,
     limit: int | None,
-    resume: bool,
+    recompute: bool,
     progress: bool | None,
-) -> tuple[int, int, int, int]:
-    """A file sink's run with shards kept beside ``staging`` (the output, or for a URL a local
-    place for it): (rows written, failed, already done by an earlier run, source rows read)."""
-    store = ShardStore(staging, fingerprint, plan.source.identity())
+    cache: str | os.PathLike[str] | None,
+) -> Outcome:
+    """A run through the result store beside ``staging`` (:mod:`embedflow.engines.incremental`),
+    holding its lock; the failures go to ``errors`` in row order."""
+    lock = OutputLock(staging).acquire()
+    folder = Path(cache) if cache is not None else staging.parent / f".{staging.name}.cache"
+    fresh = not folder.exists()
+    store = ResultStore(folder)
+    records: list[dict[str, Any]] = []
+    failures = FailureLog(records.append, plan.key_column)
     try:
-        done = store.open(resume)
-        failures = FailureLog(store.record_failure, plan.key_column)
-        plan = replace(plan, source=plan.source.with_filter(RowFilter(done, limit)))
-        resumable = ResumableSink(sink, store, SHARD_ROWS, SHARD_SECONDS, allow_empty=plan.source.allow_empty or bool(done))
-        execute(plan, resumable, settings, named=named, progress=progress, failures=failures)
-        read = sink.count + failures.count
-        if plan.expands:  # several rows may come of one: count the source rows
-            read = count(as_ranges({n for first, last in store.done() for n in range(first, last + 1)} | failures.rows))
-        lines = store.failures()
-        if lines:  # before the shards go: a kill here leaves what a rerun needs
-            write_lines(errors, iter(lines))
+        store.open()
+        shutil.rmtree(staging.parent / f".{staging.name}.parts", ignore_errors=True)  # an older version's shards
+        outcome = run_incremental(
+            plan, settings, sink, store, failures, named=named, limit=limit, recompute=recompute,
+            allow_empty=plan.source.allow_empty, progress=progress, commit_rows=COMMIT_ROWS, commit_seconds=COMMIT_SECONDS,
+        )  # fmt: skip
+        if outcome.used is not None:
+            store.refer(output, outcome.used)
+        if records:
+            write_lines(errors, iter(records_as_lines(records)))
         else:
             remove(errors)
-        store.remove()
     except BaseException:
-        store.discard_if_unstarted()  # a model that would not load leaves no partial output
+        store.close()
+        if fresh and not store.listed():  # a model that would not load leaves nothing behind
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.release(tidy=True)
         raise
     finally:
         store.close()
-    return sink.count, failures.count, count(done), read
+        lock.release()
+    return outcome
 
 
 def records_as_lines(records: list[dict[str, Any]]) -> list[str]:

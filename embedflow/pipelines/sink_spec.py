@@ -32,7 +32,7 @@ class SinkSpec:
     @property
     def path(self) -> Path:
         """The output file (for a Milvus Lite database, its file); for a file at a URL
-        (``s3://...``), the local place of its run's shards, lock and summary."""
+        (``s3://...``), the local place of its run's result store and lock."""
         if self.kind in ("parquet", "jsonl", "npy") and is_remote(self.target):
             digest = hashlib.sha256(self.target.encode()).hexdigest()[:16]
             return cache_dir() / "remote-outputs" / digest / self.target.rstrip("/").rsplit("/", 1)[-1]

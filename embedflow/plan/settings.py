@@ -39,8 +39,8 @@ def check_error_target(target: Any) -> ErrorTarget:
 @dataclass(frozen=True)
 class RunSettings:
     """The run-wide choices of one collection: the engine's name (checked when set, resolved when
-    a sink runs), the progress bar (None: only on a terminal, for a run longer than a second)
-    and the failures' target.
+    a sink runs), the progress bar (None: only on a terminal, for a run longer than a second),
+    the failures' target and the result store of incremental runs (``cache``).
 
     >>> RunSettings(progress=False).but(engine="local").progress
     False
@@ -49,6 +49,7 @@ class RunSettings:
     engine: str = "local"
     progress: bool | None = None
     errors: ErrorTarget = field(default=None, compare=False)
+    cache: str | None = None  # a result store: sinks compute only the rows it lacks
 
     def but(self, **changes: Any) -> RunSettings:
         """These settings with ``changes`` applied (a ``None`` engine keeps the current one)."""
