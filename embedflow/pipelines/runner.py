@@ -9,7 +9,7 @@ a table: neither has a store.
 
 >>> from embedflow.pipelines.runner import RunSummary
 >>> RunSummary(read=201, written=201, failed=0, reused=196, seconds=2.5, output="o").line()
-'read 201 rows, reused 196, wrote 201, failed 0 in 2.5s (2.0 rows/s) -> o'
+'read 201 rows, reused 196, wrote 201, failed 0 in 2.5s (5 computed at 2.0 rows/s) -> o'
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ class RunSummary:
 
     def line(self) -> str:
         reused = f", reused {self.reused}" if self.reused else ""  # said when the store gave rows
-        rate = (self.read - (self.reused or 0)) / self.seconds if self.seconds > 0 else 0.0
-        text = (
-            f"read {self.read} rows{reused}, wrote {self.written}, failed {self.failed} in {self.seconds:.1f}s ({rate:.1f} rows/s) -> {self.output}"
-        )
+        computed = self.read - (self.reused or 0)
+        rate = f"{computed / self.seconds if self.seconds > 0 else 0.0:.1f} rows/s"
+        speed = f"{computed} computed at {rate}" if self.reused else rate
+        text = f"read {self.read} rows{reused}, wrote {self.written}, failed {self.failed} in {self.seconds:.1f}s ({speed}) -> {self.output}"
         if self.errors:
             text += f"; failures in {self.errors}"
         if self.not_reusable:
