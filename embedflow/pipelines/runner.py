@@ -61,7 +61,7 @@ class RunSummary:
         reused = f", reused {self.reused}" if self.reused else ""  # said when the store gave rows
         computed = self.read - (self.reused or 0)
         rate = f"{computed / self.seconds if self.seconds > 0 else 0.0:.1f} rows/s"
-        speed = f"{computed} computed at {rate}" if self.reused else rate
+        speed = rate if not self.reused else f"{computed} computed at {rate}" if computed else "nothing computed"
         text = f"read {self.read} rows{reused}, wrote {self.written}, failed {self.failed} in {self.seconds:.1f}s ({speed}) -> {self.output}"
         if self.errors:
             text += f"; failures in {self.errors}"
